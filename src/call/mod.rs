@@ -1,0 +1,4 @@
+//! One phone call: the sans-IO state machine and the async driver around it.
+
+pub mod driver;
+pub mod machine;

@@ -1,0 +1,6 @@
+//! The model leg: Gemini Live (BidiGenerateContent) messages, the setup message, and the
+//! WebSocket connection.
+
+pub mod connect;
+pub mod setup;
+pub mod wire;

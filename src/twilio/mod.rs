@@ -1,0 +1,4 @@
+//! The caller leg: Twilio Media Streams messages and the voice webhook's TwiML.
+
+pub mod webhook;
+pub mod wire;
