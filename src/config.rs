@@ -1,1 +1,629 @@
-//! TODO
+//! Configuration: the TOML file (`configs/callbridge.toml` documents every key), environment
+//! overrides, secrets, and validation.
+//!
+//! Owns: parsing, defaults, validation (before anything binds), and the redaction of secrets.
+//! Does not own: what the settings mean at run time (see `call`, `server`, `gemini::setup`).
+//!
+//! Secrets (`GEMINI_API_KEY`, `TWILIO_AUTH_TOKEN`) come only from the environment; the file has
+//! no key for them. They live in [`Secret`], whose `Debug` and `Display` print `[redacted]`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Google's documented Live endpoint (API key in the `x-goog-api-key` header).
+pub const DEFAULT_GEMINI_URL: &str =
+    "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+/// Default Live model.
+pub const DEFAULT_MODEL: &str = "gemini-2.5-flash-native-audio-preview-12-2025";
+/// Default Twilio REST base URL.
+pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
+
+/// The 30 prebuilt Live voices (case-sensitive), gemini-live.md §12.2.
+pub const VOICES: [&str; 30] = [
+    "Zephyr",
+    "Puck",
+    "Charon",
+    "Kore",
+    "Fenrir",
+    "Leda",
+    "Orus",
+    "Aoede",
+    "Callirrhoe",
+    "Autonoe",
+    "Enceladus",
+    "Iapetus",
+    "Umbriel",
+    "Algieba",
+    "Despina",
+    "Erinome",
+    "Algenib",
+    "Rasalgethi",
+    "Laomedeia",
+    "Achernar",
+    "Alnilam",
+    "Schedar",
+    "Gacrux",
+    "Pulcherrima",
+    "Achird",
+    "Zubenelgenubi",
+    "Vindemiatrix",
+    "Sadachbia",
+    "Sadaltager",
+    "Sulafat",
+];
+
+/// A secret string: never printed by `Debug`/`Display`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when no secret was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("[unset]")
+        } else {
+            f.write_str("[redacted]")
+        }
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A configuration problem, naming the key and the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys included).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The TOML parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid value for {key}: {value:?}: {reason}")]
+    Invalid {
+        /// Dotted key, or the environment variable.
+        key: String,
+        /// The offending value (never a secret).
+        value: String,
+        /// What is expected.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener and public address.
+    pub server: ServerConfig,
+    /// The model leg.
+    pub gemini: GeminiConfig,
+    /// The caller leg (Twilio).
+    pub twilio: TwilioConfig,
+    /// Downlink pacing and marks.
+    pub playout: PlayoutConfig,
+    /// Bounds that protect callers and the process.
+    pub limits: LimitsConfig,
+    /// Named transfer destinations the model may choose from.
+    pub transfer: TransferConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address. Env `CALLBRIDGE_LISTEN`.
+    pub listen: String,
+    /// The public base URL Twilio reaches us at (`https://host[:port]`), used to build the
+    /// `wss://host/twilio/media` stream URL. Env `CALLBRIDGE_PUBLIC_URL`. Empty: taken from the
+    /// request's `Host` header (only sensible for local testing).
+    pub public_url: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// `[gemini]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeminiConfig {
+    /// Full BidiGenerateContent WebSocket URL. Env `CALLBRIDGE_GEMINI_URL`.
+    pub url: String,
+    /// `api_key` (header `x-goog-api-key`) or `ephemeral_token` (v1alpha constrained endpoint,
+    /// `access_token`). The secret itself comes from env `GEMINI_API_KEY`.
+    pub auth: String,
+    /// Live model id.
+    pub model: String,
+    /// Prebuilt voice name (case-sensitive).
+    pub voice: String,
+    /// BCP-47 language code; empty lets native-audio models detect it.
+    pub language: String,
+    /// The agent's system instruction.
+    pub system_instruction: String,
+    /// Make the agent speak first when the call connects.
+    pub greeting: bool,
+    /// What the model is told when the call connects, to make it greet the caller.
+    pub greeting_instruction: String,
+    /// Ask for transcripts of the caller's speech.
+    pub input_transcription: bool,
+    /// Ask for transcripts of the agent's speech.
+    pub output_transcription: bool,
+    /// Request session resumption handles (needed for handover and DTMF continuation).
+    pub session_resumption: bool,
+    /// Time allowed to open the WebSocket, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending `setup` to `setupComplete`, in milliseconds.
+    pub setup_timeout_ms: u64,
+    /// Server-side voice activity detection.
+    pub vad: VadConfig,
+    /// API key or ephemeral token, from env `GEMINI_API_KEY` only.
+    #[serde(skip)]
+    pub api_key: Secret,
+}
+
+impl Default for GeminiConfig {
+    fn default() -> Self {
+        GeminiConfig {
+            url: DEFAULT_GEMINI_URL.into(),
+            auth: "api_key".into(),
+            model: DEFAULT_MODEL.into(),
+            voice: "Kore".into(),
+            language: "en-US".into(),
+            system_instruction: "You are a friendly, concise phone agent. Speak in short sentences. \
+                When the caller is done, say goodbye and call end_call."
+                .into(),
+            greeting: true,
+            greeting_instruction: "A caller has just connected. Greet them briefly and ask how you can help."
+                .into(),
+            input_transcription: true,
+            output_transcription: true,
+            session_resumption: true,
+            connect_timeout_ms: 5_000,
+            setup_timeout_ms: 10_000,
+            vad: VadConfig::default(),
+            api_key: Secret::default(),
+        }
+    }
+}
+
+/// `[gemini.vad]` — maps to `realtimeInputConfig`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VadConfig {
+    /// Turn server VAD off (then the bridge would have to send activity signals; not supported
+    /// for phone calls, so this must stay false).
+    pub disabled: bool,
+    /// `low` or `high`; empty = server default.
+    pub start_sensitivity: String,
+    /// `low` or `high`; empty = server default.
+    pub end_sensitivity: String,
+    /// Audio kept before detected speech start, ms (0 = server default).
+    pub prefix_padding_ms: u32,
+    /// Silence that ends the caller's turn, ms (0 = server default).
+    pub silence_duration_ms: u32,
+    /// Whether caller speech interrupts the agent (barge-in).
+    pub barge_in: bool,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        VadConfig {
+            disabled: false,
+            start_sensitivity: String::new(),
+            end_sensitivity: String::new(),
+            prefix_padding_ms: 0,
+            silence_duration_ms: 0,
+            barge_in: true,
+        }
+    }
+}
+
+/// `[twilio]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwilioConfig {
+    /// Account SID (`AC…`). Env `TWILIO_ACCOUNT_SID`.
+    pub account_sid: String,
+    /// REST base URL. Env `CALLBRIDGE_TWILIO_API_BASE`.
+    pub api_base: String,
+    /// TwiML verbs placed after `</Connect>`: Twilio runs them if the stream ends without a
+    /// hang-up (model unreachable, bridge draining…). Empty: the call simply ends.
+    pub fallback_twiml: String,
+    /// Auth token, from env `TWILIO_AUTH_TOKEN` only.
+    #[serde(skip)]
+    pub auth_token: Secret,
+}
+
+impl Default for TwilioConfig {
+    fn default() -> Self {
+        TwilioConfig {
+            account_sid: String::new(),
+            api_base: DEFAULT_TWILIO_API_BASE.into(),
+            fallback_twiml: "<Say>Sorry, our assistant is unavailable right now. Please call again later.</Say><Hangup/>"
+                .into(),
+            auth_token: Secret::default(),
+        }
+    }
+}
+
+/// `[playout]` — how model audio is paced to the caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlayoutConfig {
+    /// Most audio queued ahead at Twilio, ms (whole 20 ms frames). Small keeps barge-in tight.
+    pub lead_ms: u32,
+    /// A mark is placed every this many ms of audio (and at each turn's end), so the bridge
+    /// knows how much of a turn the caller has heard.
+    pub mark_interval_ms: u32,
+}
+
+impl Default for PlayoutConfig {
+    fn default() -> Self {
+        PlayoutConfig {
+            lead_ms: 200,
+            mark_interval_ms: 100,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent calls accepted.
+    pub max_calls: usize,
+    /// Largest WebSocket message accepted from the caller leg, bytes.
+    pub max_message_bytes: usize,
+    /// Caller audio kept while the model session is being set up, ms (older audio is dropped).
+    pub preconnect_buffer_ms: u32,
+    /// Time allowed between the WebSocket upgrade and Twilio's `start`, ms.
+    pub start_timeout_ms: u64,
+    /// Longest call, seconds.
+    pub max_call_secs: u64,
+    /// Idle time after the last key press before pressed digits are sent to the model, ms.
+    pub dtmf_idle_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_calls: 500,
+            max_message_bytes: 64 * 1024,
+            preconnect_buffer_ms: 5_000,
+            start_timeout_ms: 10_000,
+            max_call_secs: 3_600,
+            dtmf_idle_ms: 2_000,
+        }
+    }
+}
+
+/// `[transfer]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Destinations by name.
+    pub destinations: BTreeMap<String, TransferDestination>,
+}
+
+/// `[transfer.destinations.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferDestination {
+    /// E.164 number (`+14155550100`) or SIP URI (`sip:desk@example.com`).
+    pub target: String,
+    /// What the model is told about this destination.
+    pub description: String,
+}
+
+/// Reads environment variables; a function so tests need not touch the process environment.
+pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies environment overrides and validates.
+    pub fn load(path: Option<&Path>, env: EnvFn<'_>) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Config::from_toml(&text, &p.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no env, no validation).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim().to_string(),
+        })
+    }
+
+    /// Applies the documented environment overrides.
+    pub fn apply_env(&mut self, env: EnvFn<'_>) {
+        let get = |k: &str| env(k).filter(|v| !v.is_empty());
+        if let Some(v) = get("CALLBRIDGE_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = get("CALLBRIDGE_PUBLIC_URL") {
+            self.server.public_url = v;
+        }
+        if let Some(v) = get("CALLBRIDGE_GEMINI_URL") {
+            self.gemini.url = v;
+        }
+        if let Some(v) = get("TWILIO_ACCOUNT_SID") {
+            self.twilio.account_sid = v;
+        }
+        if let Some(v) = get("CALLBRIDGE_TWILIO_API_BASE") {
+            self.twilio.api_base = v;
+        }
+        if let Some(v) = get("TWILIO_AUTH_TOKEN") {
+            self.twilio.auth_token = Secret::new(v);
+        }
+        if let Some(v) = get("GEMINI_API_KEY") {
+            self.gemini.api_key = Secret::new(v);
+        }
+    }
+
+    /// Checks every value; the error names the key and the bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("server.listen", &self.server.listen, "expected ip:port"))?;
+        if !self.server.public_url.is_empty() {
+            let u = &self.server.public_url;
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"))
+                .ok_or_else(|| invalid("server.public_url", u, "expected https://host[:port]"))?;
+            if rest.is_empty() || rest.starts_with('/') || rest.contains('?') || rest.contains('#') {
+                return Err(invalid(
+                    "server.public_url",
+                    u,
+                    "expected https://host[:port] with no query",
+                ));
+            }
+        }
+        let g = &self.gemini;
+        if !(g.url.starts_with("wss://") || g.url.starts_with("ws://")) {
+            return Err(invalid("gemini.url", &g.url, "expected a ws:// or wss:// URL"));
+        }
+        if !matches!(g.auth.as_str(), "api_key" | "ephemeral_token") {
+            return Err(invalid(
+                "gemini.auth",
+                &g.auth,
+                "expected \"api_key\" or \"ephemeral_token\"",
+            ));
+        }
+        if g.model.trim().is_empty() || g.model.contains(char::is_whitespace) {
+            return Err(invalid("gemini.model", &g.model, "expected a model id"));
+        }
+        if !VOICES.contains(&g.voice.as_str()) {
+            return Err(invalid(
+                "gemini.voice",
+                &g.voice,
+                "expected one of the 30 prebuilt voices (case-sensitive), e.g. Kore, Puck, Charon",
+            ));
+        }
+        if !g.language.is_empty()
+            && !g
+                .language
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid(
+                "gemini.language",
+                &g.language,
+                "expected a BCP-47 code such as en-US",
+            ));
+        }
+        if g.greeting && g.greeting_instruction.trim().is_empty() {
+            return Err(invalid(
+                "gemini.greeting_instruction",
+                "",
+                "must not be empty when gemini.greeting is true",
+            ));
+        }
+        if g.connect_timeout_ms == 0 || g.connect_timeout_ms > 120_000 {
+            return Err(invalid(
+                "gemini.connect_timeout_ms",
+                g.connect_timeout_ms,
+                "expected 1..=120000",
+            ));
+        }
+        if g.setup_timeout_ms == 0 || g.setup_timeout_ms > 120_000 {
+            return Err(invalid(
+                "gemini.setup_timeout_ms",
+                g.setup_timeout_ms,
+                "expected 1..=120000",
+            ));
+        }
+        if g.vad.disabled {
+            return Err(invalid(
+                "gemini.vad.disabled",
+                true,
+                "phone calls need the server's voice activity detection; keep it false",
+            ));
+        }
+        for (key, v) in [
+            ("gemini.vad.start_sensitivity", &g.vad.start_sensitivity),
+            ("gemini.vad.end_sensitivity", &g.vad.end_sensitivity),
+        ] {
+            if !matches!(v.as_str(), "" | "low" | "high") {
+                return Err(invalid(key, v, "expected \"low\", \"high\" or empty"));
+            }
+        }
+        if g.vad.silence_duration_ms > 10_000 {
+            return Err(invalid(
+                "gemini.vad.silence_duration_ms",
+                g.vad.silence_duration_ms,
+                "expected 0..=10000",
+            ));
+        }
+        if g.vad.prefix_padding_ms > 10_000 {
+            return Err(invalid(
+                "gemini.vad.prefix_padding_ms",
+                g.vad.prefix_padding_ms,
+                "expected 0..=10000",
+            ));
+        }
+        let t = &self.twilio;
+        if !t.account_sid.is_empty() && !is_sid(&t.account_sid, "AC") {
+            return Err(invalid(
+                "twilio.account_sid",
+                &t.account_sid,
+                "expected AC followed by 32 hex digits",
+            ));
+        }
+        if !(t.api_base.starts_with("https://") || t.api_base.starts_with("http://")) {
+            return Err(invalid(
+                "twilio.api_base",
+                &t.api_base,
+                "expected an http(s):// URL",
+            ));
+        }
+        if !t.fallback_twiml.is_empty() {
+            crate::twilio::webhook::validate_fallback_fragment(&t.fallback_twiml)
+                .map_err(|reason| invalid("twilio.fallback_twiml", &t.fallback_twiml, &reason))?;
+        }
+        let p = &self.playout;
+        if p.lead_ms < 20 || p.lead_ms > 5_000 || p.lead_ms % 20 != 0 {
+            return Err(invalid(
+                "playout.lead_ms",
+                p.lead_ms,
+                "expected a multiple of 20 in 20..=5000",
+            ));
+        }
+        if p.mark_interval_ms < 20 || p.mark_interval_ms > 10_000 || p.mark_interval_ms % 20 != 0 {
+            return Err(invalid(
+                "playout.mark_interval_ms",
+                p.mark_interval_ms,
+                "expected a multiple of 20 in 20..=10000",
+            ));
+        }
+        let l = &self.limits;
+        if l.max_calls == 0 {
+            return Err(invalid("limits.max_calls", l.max_calls, "expected at least 1"));
+        }
+        if l.max_message_bytes < 4096 || l.max_message_bytes > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                l.max_message_bytes,
+                "expected 4096..=16777216",
+            ));
+        }
+        if l.preconnect_buffer_ms > 60_000 {
+            return Err(invalid(
+                "limits.preconnect_buffer_ms",
+                l.preconnect_buffer_ms,
+                "expected 0..=60000",
+            ));
+        }
+        if l.start_timeout_ms == 0 {
+            return Err(invalid("limits.start_timeout_ms", 0, "expected at least 1"));
+        }
+        if l.max_call_secs == 0 {
+            return Err(invalid("limits.max_call_secs", 0, "expected at least 1"));
+        }
+        if l.dtmf_idle_ms == 0 || l.dtmf_idle_ms > 60_000 {
+            return Err(invalid(
+                "limits.dtmf_idle_ms",
+                l.dtmf_idle_ms,
+                "expected 1..=60000",
+            ));
+        }
+        for (name, d) in &self.transfer.destinations {
+            let key = format!("transfer.destinations.{name}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(invalid(&key, name, "names use letters, digits, _ and -"));
+            }
+            if !is_e164(&d.target) && !d.target.starts_with("sip:") {
+                return Err(invalid(
+                    &format!("{key}.target"),
+                    &d.target,
+                    "expected an E.164 number (+14155550100) or a sip: URI",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream URL put in TwiML: `wss://{public host}/twilio/media`, or `None` when
+    /// `server.public_url` is unset.
+    pub fn stream_url(&self) -> Option<String> {
+        let u = &self.server.public_url;
+        let host = u
+            .strip_prefix("https://")
+            .or_else(|| u.strip_prefix("http://"))?
+            .trim_end_matches('/');
+        (!host.is_empty()).then(|| format!("wss://{host}/twilio/media"))
+    }
+
+    /// Connect timeout as a `Duration`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.gemini.connect_timeout_ms)
+    }
+}
+
+/// `PREFIX` followed by 32 hex digits.
+pub fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// `+` followed by 8 to 15 digits.
+pub fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()))
+}

@@ -17,7 +17,9 @@
 pub mod audio;
 pub mod call;
 pub mod config;
+pub mod demo;
 pub mod gemini;
+pub mod run;
 pub mod server;
 pub mod sim;
 pub mod twilio;

@@ -1,1 +1,85 @@
-fn main() {}
+//! The `callbridge` command line: nothing but argument parsing and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "callbridge", version, about = "Puts the Gemini Live voice model on the phone")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (Twilio webhook + media WebSocket).
+    Serve {
+        /// Configuration file (see configs/callbridge.toml); defaults apply without one.
+        #[arg(short, long, env = "CALLBRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print the effective settings (secrets redacted).
+    CheckConfig {
+        /// Configuration file.
+        #[arg(short, long, env = "CALLBRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// One command, no account: bridge + Gemini simulator + a simulated caller.
+    Demo(callbridge::demo::DemoArgs),
+    /// A simulated Twilio caller: streams a WAV to a bridge and records what it hears.
+    Call(callbridge::sim::caller::CallArgs),
+    /// A local Gemini Live server for tests, the demo and development.
+    SimulateGemini(callbridge::sim::gemini::SimulateArgs),
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callbridge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = rt.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => {
+                init_logging("info");
+                callbridge::run::serve(config.as_deref()).await.map_err(|e| e.to_string())
+            }
+            Command::CheckConfig { config } => {
+                let env = |k: &str| std::env::var(k).ok();
+                callbridge::config::Config::load(config.as_deref(), &env)
+                    .map(|c| println!("{c:#?}"))
+                    .map_err(|e| e.to_string())
+            }
+            Command::Demo(args) => {
+                init_logging("warn");
+                callbridge::demo::run(args).await.map_err(|e| e.to_string())
+            }
+            Command::Call(args) => {
+                init_logging("warn");
+                callbridge::sim::caller::run_cli(args).await.map_err(|e| e.to_string())
+            }
+            Command::SimulateGemini(args) => {
+                init_logging("info");
+                callbridge::sim::gemini::run_cli(args).await.map_err(|e| e.to_string())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callbridge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,213 @@
-//! TODO
+//! The HTTP surface: `POST /twilio/voice` (TwiML), `GET /twilio/media` (the Media Streams
+//! WebSocket), `GET /healthz`.
+//!
+//! Owns the shared [`AppState`] (configuration, the registry of live calls, the call tasks) and
+//! the listener. Each media WebSocket becomes one task running [`call::driver::run_call`]; the
+//! tasks are tracked so shutdown can wait for them (axum's graceful shutdown does not wait for
+//! upgraded WebSockets).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use dashmap::DashMap;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::call::driver::{self, CallContext, CallControl, CallNote};
+use crate::call::machine::CallSettings;
+use crate::config::Config;
+use crate::gemini::connect::Credential;
+use crate::twilio::webhook;
+
+/// A call in progress, as listed in the registry.
+#[derive(Debug, Clone)]
+pub struct LiveCall {
+    /// When the media WebSocket was accepted.
+    pub since: SystemTime,
+}
+
+/// State shared by every request and call.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Per-call settings derived from it.
+    pub settings: Arc<CallSettings>,
+    /// The model credential.
+    pub credential: Arc<Credential>,
+    /// Live calls by connection id.
+    pub calls: DashMap<u64, LiveCall>,
+    next_conn: AtomicU64,
+    /// Timeline events of all calls (the demo and observers subscribe).
+    pub notes: broadcast::Sender<CallNote>,
+    /// Call control (Twilio REST), when credentials are configured.
+    pub control: Option<Arc<dyn CallControl>>,
+    /// The call tasks.
+    pub tracker: TaskTracker,
+    /// Cancelled when the bridge shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Builds the state from a validated configuration.
+    pub fn new(config: Config, control: Option<Arc<dyn CallControl>>) -> Arc<AppState> {
+        let settings = Arc::new(CallSettings::from_config(&config));
+        let secret = config.gemini.api_key.expose().to_string();
+        let credential = Arc::new(if config.gemini.auth == "ephemeral_token" {
+            Credential::EphemeralToken(secret)
+        } else {
+            Credential::ApiKey(secret)
+        });
+        let (notes, _) = broadcast::channel(1024);
+        Arc::new(AppState {
+            config: Arc::new(config),
+            settings,
+            credential,
+            calls: DashMap::new(),
+            next_conn: AtomicU64::new(1),
+            notes,
+            control,
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+}
+
+/// The router.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/twilio/voice", post(voice_webhook))
+        .route("/twilio/media", get(media_stream))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// Binds and serves until `state.shutdown` fires, then waits for live calls to finish.
+pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let router = app(state.clone());
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await?;
+    state.tracker.close();
+    state.tracker.wait().await;
+    Ok(())
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let draining = state.shutdown.is_cancelled();
+    let body = serde_json::json!({
+        "status": if draining { "draining" } else { "ok" },
+        "live_calls": state.calls.len(),
+    });
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+/// `POST /twilio/voice`: answers with `<Connect><Stream>` to our media endpoint.
+async fn voice_webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
+    let form = match webhook::parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "voice webhook with a malformed form body");
+            return (StatusCode::BAD_REQUEST, "malformed form body\n").into_response();
+        }
+    };
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let call_sid = field("CallSid");
+    let span = tracing::info_span!("webhook", call_sid = %call_sid);
+    let _enter = span.enter();
+    let stream_url = match state.config.stream_url() {
+        Some(u) => u,
+        None => match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            Some(host) => format!("wss://{host}/twilio/media"),
+            None => {
+                tracing::warn!("no server.public_url and no Host header: cannot build the stream URL");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "no public URL configured\n").into_response();
+            }
+        },
+    };
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (key, name) in [("From", "from"), ("To", "to"), ("Direction", "direction")] {
+        let v = field(key);
+        if !v.is_empty() {
+            params.push((name.to_string(), v));
+        }
+    }
+    let fallback = &state.config.twilio.fallback_twiml;
+    let twiml = webhook::connect_stream_twiml(&webhook::StreamTwiml {
+        stream_url: &stream_url,
+        parameters: &params,
+        status_callback: None,
+        fallback: (!fallback.is_empty()).then_some(fallback.as_str()),
+    });
+    tracing::info!("voice webhook answered with a media stream");
+    ([(header::CONTENT_TYPE, "text/xml")], twiml).into_response()
+}
+
+/// `GET /twilio/media`: the Media Streams WebSocket; one call per connection.
+async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if state.calls.len() >= state.config.limits.max_calls {
+        tracing::warn!(max = state.config.limits.max_calls, "call refused: at the concurrent call limit");
+        return (StatusCode::SERVICE_UNAVAILABLE, "at capacity\n").into_response();
+    }
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let max = state.config.limits.max_message_bytes;
+    let st = state.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| tracing::warn!(error = %e, "media WebSocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let state = st;
+            state.calls.insert(conn, LiveCall { since: SystemTime::now() });
+            let ctx = CallContext {
+                conn,
+                settings: state.settings.clone(),
+                gemini_url: state.config.gemini.url.as_str().into(),
+                credential: state.credential.clone(),
+                connect_timeout: Duration::from_millis(state.config.gemini.connect_timeout_ms),
+                notes: Some(state.notes.clone()),
+                control: state.control.clone(),
+                shutdown: state.shutdown.clone(),
+            };
+            let span = tracing::info_span!("call", conn, call_sid = tracing::field::Empty, stream_sid = tracing::field::Empty);
+            let started = Instant::now();
+            let task = state.tracker.spawn(
+                async move {
+                    // A panic inside one call must end only that call.
+                    let result = tokio::spawn(driver::run_call(socket, ctx).in_current_span()).await;
+                    match result {
+                        Ok(why) => tracing::debug!(reason = why.as_str(), secs = started.elapsed().as_secs_f32(), "call task done"),
+                        Err(e) => tracing::error!(error = %e, "call task panicked; only this call ended"),
+                    }
+                }
+                .instrument(span),
+            );
+            let _ = task.await;
+            state.calls.remove(&conn);
+        })
+}

@@ -1,1 +1,345 @@
-//! TODO
+//! The only per-call async code: moves bytes, time and cancellation between the two sockets
+//! and the sans-IO [`Call`](super::machine::Call).
+//!
+//! One task per call. It waits on whichever comes first — a caller frame, a model frame, the
+//! model connection finishing, the machine's next timer, or shutdown — turns it into an
+//! [`Input`], then carries out every [`Output`] in order. Wire codecs run here, at the edge.
+//! Nothing in here decides anything about the call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message as ModelMessage;
+use tokio_util::sync::CancellationToken;
+
+use super::machine::{Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut, Output};
+use crate::gemini::connect::{self, ConnectError, Credential, ModelSocket};
+use crate::gemini::{setup, wire as gwire};
+use crate::twilio::wire as twire;
+
+/// Carries out [`CallAction`]s through the telephony provider's API.
+pub trait CallControl: Send + Sync {
+    /// Ends the phone call.
+    fn hang_up<'a>(
+        &'a self,
+        call_sid: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// A timeline event of one call, as broadcast to observers (the demo, later the dashboard).
+#[derive(Debug, Clone)]
+pub struct CallNote {
+    /// The bridge's connection id for the call.
+    pub conn: u64,
+    /// When it happened.
+    pub at: Instant,
+    /// What happened.
+    pub event: CallEvent,
+}
+
+/// Everything a call task needs besides its socket.
+#[derive(Clone)]
+pub struct CallContext {
+    /// The bridge's id for this connection (logs, registry).
+    pub conn: u64,
+    /// Shared per-call settings.
+    pub settings: Arc<CallSettings>,
+    /// The Live WebSocket URL.
+    pub gemini_url: Arc<str>,
+    /// The model credential.
+    pub credential: Arc<Credential>,
+    /// Time allowed for the model's WebSocket handshake.
+    pub connect_timeout: Duration,
+    /// Observers of call events.
+    pub notes: Option<broadcast::Sender<CallNote>>,
+    /// Call control (REST); `None` ends calls by closing the stream.
+    pub control: Option<Arc<dyn CallControl>>,
+    /// Fires when the bridge shuts down.
+    pub shutdown: CancellationToken,
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<ModelSocket, ConnectError>> + Send>>;
+
+/// Runs one call on an upgraded caller WebSocket until it ends; returns why it ended.
+pub async fn run_call<S, E>(mut caller: S, ctx: CallContext) -> CallEnd
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::fmt::Display,
+{
+    let settings = ctx.settings.clone();
+    let mut call = match Call::new(settings, Instant::now()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the audio pipeline");
+            let _ = caller.close().await;
+            return CallEnd::ModelUnavailable(format!("audio pipeline: {e}"));
+        }
+    };
+    let mut model: Option<ModelSocket> = None;
+    let mut connecting: Option<ConnectFuture> = None;
+    let mut shutdown_seen = false;
+    let mut warned_binary = false;
+
+    loop {
+        // Carry out every effect the machine has queued, in order.
+        let mut caller_dirty = false;
+        while let Some(out) = call.poll_output() {
+            match out {
+                Output::ToCaller(cmd) => {
+                    let Some(start) = call.stream() else { continue };
+                    let json = match &cmd {
+                        CallerOut::Media(frame) => {
+                            twire::to_json(&twire::CallerCommand::Media(frame), &start.stream_sid)
+                        }
+                        CallerOut::Mark(name) => {
+                            twire::to_json(&twire::CallerCommand::Mark(name), &start.stream_sid)
+                        }
+                        CallerOut::Clear => {
+                            twire::to_json(&twire::CallerCommand::Clear, &start.stream_sid)
+                        }
+                    };
+                    if caller.feed(Message::Text(json.into())).await.is_err() {
+                        call.handle_input(Input::CallerClosed, Instant::now());
+                    }
+                    caller_dirty = true;
+                }
+                Output::ToModel(cmd) => {
+                    let Some(sock) = model.as_mut() else {
+                        tracing::warn!("model message dropped: no model connection");
+                        continue;
+                    };
+                    let json = model_json(&cmd);
+                    if let Err(e) = sock.send(ModelMessage::Text(json.into())).await {
+                        tracing::warn!(error = %e, "model send failed");
+                        model = None;
+                        call.handle_input(
+                            Input::ModelClosed {
+                                code: 1006,
+                                reason: e.to_string(),
+                            },
+                            Instant::now(),
+                        );
+                    }
+                }
+                Output::ConnectModel => {
+                    let url = ctx.gemini_url.clone();
+                    let cred = ctx.credential.clone();
+                    let timeout = ctx.connect_timeout;
+                    connecting = Some(Box::pin(async move {
+                        connect::connect(&url, &cred, timeout).await
+                    }));
+                }
+                Output::Control(action) => execute(&ctx, action).await,
+                Output::Event(event) => note(&ctx, event),
+                Output::End(why) => {
+                    if caller_dirty {
+                        let _ = caller.flush().await;
+                    }
+                    return finish(caller, model, why).await;
+                }
+            }
+        }
+        if caller_dirty && caller.flush().await.is_err() {
+            call.handle_input(Input::CallerClosed, Instant::now());
+            continue;
+        }
+
+        let deadline = call.poll_timeout();
+        let sleep = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let input: Vec<Input> = tokio::select! {
+            _ = ctx.shutdown.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                vec![Input::Shutdown]
+            }
+            res = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting = None;
+                match res {
+                    Ok(sock) => {
+                        model = Some(sock);
+                        vec![Input::ModelConnected]
+                    }
+                    Err(e) => vec![Input::ModelConnectFailed(e.to_string())],
+                }
+            }
+            msg = async { model.as_mut().expect("guarded").next().await }, if model.is_some() => {
+                match model_input(msg) {
+                    ModelRead::Events(evs) => evs,
+                    ModelRead::Nothing => Vec::new(),
+                    ModelRead::Closed { code, reason } => {
+                        model = None;
+                        vec![Input::ModelClosed { code, reason }]
+                    }
+                }
+            }
+            msg = caller.next() => caller_input(msg, &mut warned_binary),
+            _ = sleep => vec![Input::Tick],
+        };
+        let now = Instant::now();
+        for i in input {
+            call.handle_input(i, now);
+        }
+    }
+}
+
+fn model_json(cmd: &ModelOut) -> String {
+    match cmd {
+        ModelOut::Setup(params) => setup::setup_message(params),
+        ModelOut::Audio(pcm) => gwire::to_json(&gwire::ModelCommand::Audio(pcm)),
+        ModelOut::Text(t) => gwire::to_json(&gwire::ModelCommand::Text(t)),
+        ModelOut::ClientContent(turns) => gwire::to_json(&gwire::ModelCommand::ClientContent {
+            turns,
+            turn_complete: true,
+        }),
+        ModelOut::ToolResponse(r) => gwire::to_json(&gwire::ModelCommand::ToolResponse(r)),
+    }
+}
+
+enum ModelRead {
+    Events(Vec<Input>),
+    Nothing,
+    Closed { code: u16, reason: String },
+}
+
+fn model_input(
+    msg: Option<Result<ModelMessage, tokio_tungstenite::tungstenite::Error>>,
+) -> ModelRead {
+    let bytes = match msg {
+        None => {
+            return ModelRead::Closed {
+                code: 1006,
+                reason: "connection ended without a close frame".into(),
+            }
+        }
+        Some(Err(e)) => {
+            return ModelRead::Closed {
+                code: 1006,
+                reason: e.to_string(),
+            }
+        }
+        Some(Ok(ModelMessage::Binary(b))) => b,
+        Some(Ok(ModelMessage::Text(t))) => t.as_bytes().to_vec().into(),
+        Some(Ok(ModelMessage::Close(frame))) => {
+            let (code, reason) = frame
+                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                .unwrap_or((1005, String::new()));
+            tracing::info!(code, reason = %reason, "model closed the connection");
+            return ModelRead::Closed { code, reason };
+        }
+        Some(Ok(_)) => return ModelRead::Nothing,
+    };
+    match gwire::decompose(&bytes) {
+        Ok(events) => ModelRead::Events(events.into_iter().map(Input::Model).collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, bytes = bytes.len(), "bad message from the model ignored");
+            ModelRead::Nothing
+        }
+    }
+}
+
+fn caller_input<E: std::fmt::Display>(
+    msg: Option<Result<Message, E>>,
+    warned_binary: &mut bool,
+) -> Vec<Input> {
+    match msg {
+        None => vec![Input::CallerClosed],
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "caller socket error");
+            vec![Input::CallerClosed]
+        }
+        Some(Ok(Message::Text(text))) => match twire::parse(text.as_str()) {
+            Ok(ev) => vec![Input::Caller(ev)],
+            Err(e) => {
+                tracing::warn!(error = %e, bytes = text.len(), "bad message from the caller leg ignored");
+                Vec::new()
+            }
+        },
+        Some(Ok(Message::Binary(b))) => {
+            if !*warned_binary {
+                *warned_binary = true;
+                tracing::warn!(bytes = b.len(), "binary frame on the caller leg ignored (Twilio sends text)");
+            }
+            Vec::new()
+        }
+        Some(Ok(Message::Close(_))) => vec![Input::CallerClosed],
+        Some(Ok(_)) => Vec::new(),
+    }
+}
+
+async fn execute(ctx: &CallContext, action: CallAction) {
+    match action {
+        CallAction::HangUp { call_sid } => match &ctx.control {
+            Some(control) => match control.hang_up(&call_sid).await {
+                Ok(()) => tracing::info!("call hung up through the provider's API"),
+                Err(e) => tracing::warn!(error = %e, "hang-up through the provider's API failed; closing the stream"),
+            },
+            None => tracing::info!("no call control configured; ending the stream to hang up"),
+        },
+    }
+}
+
+fn note(ctx: &CallContext, event: CallEvent) {
+    match &event {
+        CallEvent::CallerTranscript(t) => tracing::debug!(text = %t, "caller said"),
+        CallEvent::AgentTranscript(t) => tracing::debug!(text = %t, "agent said"),
+        CallEvent::Started {
+            call_sid,
+            stream_sid,
+        } => {
+            let span = tracing::Span::current();
+            span.record("call_sid", call_sid.as_str());
+            span.record("stream_sid", stream_sid.as_str());
+            tracing::info!("stream started");
+        }
+        CallEvent::ModelReady { setup_ms } => tracing::info!(setup_ms, "model session ready"),
+        CallEvent::Interrupted {
+            turn,
+            heard_ms,
+            sent_ms,
+        } => tracing::info!(turn, heard_ms, sent_ms, "caller barged in"),
+        CallEvent::ToolCall { name, id, .. } => tracing::info!(tool = %name, id = %id, "tool call"),
+        CallEvent::ToolResult { name, ok, .. } => tracing::info!(tool = %name, ok, "tool answered"),
+        CallEvent::GoAway { time_left_ms } => tracing::info!(?time_left_ms, "model goAway"),
+        CallEvent::Ended(why) => tracing::info!(reason = why.as_str(), detail = ?why, "call ended"),
+        _ => tracing::trace!(?event, "call event"),
+    }
+    if let Some(tx) = &ctx.notes {
+        let _ = tx.send(CallNote {
+            conn: ctx.conn,
+            at: Instant::now(),
+            event,
+        });
+    }
+}
+
+async fn finish<S>(mut caller: S, model: Option<ModelSocket>, why: CallEnd) -> CallEnd
+where
+    S: Sink<Message> + Unpin,
+{
+    if let Some(mut m) = model {
+        let _ = tokio::time::timeout(Duration::from_secs(2), m.close(None)).await;
+    }
+    if why.caller_still_connected() {
+        // Closing the stream makes Twilio run the TwiML after </Connect> (the fallback).
+        let frame = CloseFrame {
+            code: 1000,
+            reason: why.as_str().into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            caller.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), caller.close()).await;
+    why
+}

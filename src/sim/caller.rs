@@ -1,1 +1,4 @@
-//! TODO(sim helper)
+//! SHIM
+#[derive(clap::Args)]
+pub struct CallArgs {}
+pub async fn run_cli(_a: CallArgs) -> Result<(), String> { todo!() }

@@ -1,4 +1,5 @@
 //! The caller leg: Twilio Media Streams messages and the voice webhook's TwiML.
 
+pub mod rest;
 pub mod webhook;
 pub mod wire;
