@@ -150,7 +150,7 @@ pub fn setup_message(p: &SetupParams) -> String {
         || vad.silence_duration_ms.is_some();
     let realtime_input_config =
         (detection_set || vad.activity_handling.is_some()).then(|| RealtimeInputConfig {
-            automatic_activity_detection: detection_set.then(|| AutomaticActivityDetection {
+            automatic_activity_detection: detection_set.then_some(AutomaticActivityDetection {
                 disabled: vad.disabled,
                 start_of_speech_sensitivity: vad.start_sensitivity.as_deref(),
                 end_of_speech_sensitivity: vad.end_sensitivity.as_deref(),
@@ -178,7 +178,7 @@ pub fn setup_message(p: &SetupParams) -> String {
             }]
         },
         realtime_input_config,
-        session_resumption: p.session_resumption.then(|| SessionResumption {
+        session_resumption: p.session_resumption.then_some(SessionResumption {
             handle: p.resume_handle.as_deref(),
         }),
         context_window_compression: p.context_compression.map(|c| ContextWindowCompression {
