@@ -22,40 +22,6 @@ pub const DEFAULT_MODEL: &str = "gemini-2.5-flash-native-audio-preview-12-2025";
 /// Default Twilio REST base URL.
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 
-/// The 30 prebuilt Live voices (case-sensitive), gemini-live.md §12.2.
-pub const VOICES: [&str; 30] = [
-    "Zephyr",
-    "Puck",
-    "Charon",
-    "Kore",
-    "Fenrir",
-    "Leda",
-    "Orus",
-    "Aoede",
-    "Callirrhoe",
-    "Autonoe",
-    "Enceladus",
-    "Iapetus",
-    "Umbriel",
-    "Algieba",
-    "Despina",
-    "Erinome",
-    "Algenib",
-    "Rasalgethi",
-    "Laomedeia",
-    "Achernar",
-    "Alnilam",
-    "Schedar",
-    "Gacrux",
-    "Pulcherrima",
-    "Achird",
-    "Zubenelgenubi",
-    "Vindemiatrix",
-    "Sadachbia",
-    "Sadaltager",
-    "Sulafat",
-];
-
 /// A secret string: never printed by `Debug`/`Display`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -450,7 +416,7 @@ impl Config {
         if g.model.trim().is_empty() || g.model.contains(char::is_whitespace) {
             return Err(invalid("gemini.model", &g.model, "expected a model id"));
         }
-        if !VOICES.contains(&g.voice.as_str()) {
+        if !crate::gemini::setup::is_known_voice(&g.voice) {
             return Err(invalid(
                 "gemini.voice",
                 &g.voice,
