@@ -97,7 +97,7 @@ fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigErro
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// HTTP listener and public address.
@@ -115,7 +115,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Listen address. Env `CALLBRIDGE_LISTEN`.
@@ -136,7 +136,7 @@ impl Default for ServerConfig {
 }
 
 /// `[gemini]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeminiConfig {
     /// Full BidiGenerateContent WebSocket URL. Env `CALLBRIDGE_GEMINI_URL`.
@@ -199,7 +199,7 @@ impl Default for GeminiConfig {
 }
 
 /// `[gemini.vad]` — maps to `realtimeInputConfig`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VadConfig {
     /// Turn server VAD off (then the bridge would have to send activity signals; not supported
@@ -231,7 +231,7 @@ impl Default for VadConfig {
 }
 
 /// `[twilio]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TwilioConfig {
     /// Account SID (`AC…`). Env `TWILIO_ACCOUNT_SID`.
@@ -259,7 +259,7 @@ impl Default for TwilioConfig {
 }
 
 /// `[playout]` — how model audio is paced to the caller.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlayoutConfig {
     /// Most audio queued ahead at Twilio, ms (whole 20 ms frames). Small keeps barge-in tight.
@@ -279,7 +279,7 @@ impl Default for PlayoutConfig {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Concurrent calls accepted.
@@ -310,7 +310,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[transfer]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
     /// Destinations by name.
@@ -318,7 +318,7 @@ pub struct TransferConfig {
 }
 
 /// `[transfer.destinations.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferDestination {
     /// E.164 number (`+14155550100`) or SIP URI (`sip:desk@example.com`).
