@@ -14,17 +14,23 @@ const REASON_INVALID: &str = "Request contains an invalid argument.";
 async fn setup_accepted_and_setup_complete_is_a_binary_frame() {
     let sim = GeminiSim::builder().spawn().await.expect("spawn");
     assert!(sim.url().starts_with("ws://127.0.0.1:"));
-    assert!(sim
-        .url()
-        .ends_with("/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"));
+    assert!(sim.url().ends_with(
+        "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    ));
     let mut c = Client::connect(&with_key(&sim.url())).await;
     c.send(&json!({"setup": setup_25()})).await;
     assert_eq!(
         c.next().await,
-        Event::Json { value: json!({"setupComplete": {}}), binary: true }
+        Event::Json {
+            value: json!({"setupComplete": {}}),
+            binary: true
+        }
     );
     // Nothing else unprompted (no resumption requested).
-    assert_eq!(c.next_within(Duration::from_millis(300)).await, Event::Timeout);
+    assert_eq!(
+        c.next_within(Duration::from_millis(300)).await,
+        Event::Timeout
+    );
     c.close().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rec = sim.record();
@@ -32,8 +38,14 @@ async fn setup_accepted_and_setup_complete_is_a_binary_frame() {
     assert_eq!(conn.api_version, "v1beta");
     assert_eq!(conn.credential_source, "key-query");
     assert_eq!(conn.frames[0].kind, FrameKind::Text);
-    assert_eq!(conn.setup.as_ref().map(|s| s["model"].clone()), Some(json!(MODEL_25)));
-    assert!(matches!(conn.close, Some(CloseRecord::ByClient { code: None, .. })));
+    assert_eq!(
+        conn.setup.as_ref().map(|s| s["model"].clone()),
+        Some(json!(MODEL_25))
+    );
+    assert!(matches!(
+        conn.close,
+        Some(CloseRecord::ByClient { code: None, .. })
+    ));
     sim.shutdown().await.expect("shutdown");
 }
 
@@ -50,12 +62,18 @@ async fn text_frames_knob_double_slash_path_and_header_key() {
         "ws://{}//ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent",
         sim.addr()
     );
-    let mut c = Client::connect_with(&url, &[("x-goog-api-key", "k1")]).await.expect("connect");
+    let mut c = Client::connect_with(&url, &[("x-goog-api-key", "k1")])
+        .await
+        .expect("connect");
     // A binary client frame is read like a text one.
-    c.send_binary(json!({"setup": setup_25()}).to_string().as_bytes()).await;
+    c.send_binary(json!({"setup": setup_25()}).to_string().as_bytes())
+        .await;
     assert_eq!(
         c.next().await,
-        Event::Json { value: json!({"setupComplete": {}}), binary: false }
+        Event::Json {
+            value: json!({"setupComplete": {}}),
+            binary: false
+        }
     );
     let rec = sim.record();
     assert_eq!(rec.connections[0].api_version, "v1");
@@ -66,7 +84,9 @@ async fn text_frames_knob_double_slash_path_and_header_key() {
         "ws://{}/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained",
         sim.addr()
     );
-    let mut c = Client::connect_with(&url, &[("authorization", "Token k1")]).await.expect("connect");
+    let mut c = Client::connect_with(&url, &[("authorization", "Token k1")])
+        .await
+        .expect("connect");
     c.setup(setup_25()).await;
 }
 
@@ -75,8 +95,15 @@ async fn wrong_path_is_404_and_quota_knob_is_429() {
     let mut scenario = Scenario::default();
     scenario.faults.reject_upgrade_status = Some(429);
     scenario.faults.reject_upgrade_count = 1;
-    let sim = GeminiSim::builder().scenario(scenario).spawn().await.expect("spawn");
-    let bad = format!("ws://{}/ws/google.ai.generativelanguage.v1beta.Other?key=x", sim.addr());
+    let sim = GeminiSim::builder()
+        .scenario(scenario)
+        .spawn()
+        .await
+        .expect("spawn");
+    let bad = format!(
+        "ws://{}/ws/google.ai.generativelanguage.v1beta.Other?key=x",
+        sim.addr()
+    );
     match Client::connect_with(&bad, &[]).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 404),
         Err(e) => panic!("expected HTTP 404, got {e}"),
@@ -90,17 +117,29 @@ async fn wrong_path_is_404_and_quota_knob_is_429() {
     // Only the first upgrade was refused.
     let mut c = Client::connect(&with_key(&sim.url())).await;
     c.setup(setup_25()).await;
-    let statuses: Vec<u16> = sim.record().rejected_upgrades.iter().map(|r| r.status).collect();
+    let statuses: Vec<u16> = sim
+        .record()
+        .rejected_upgrades
+        .iter()
+        .map(|r| r.status)
+        .collect();
     assert_eq!(statuses, vec![404, 429]);
 }
 
 #[tokio::test]
 async fn bad_or_missing_key_closes_1007_after_upgrade() {
-    let sim = GeminiSim::builder().keys(vec!["good".into()]).spawn().await.expect("spawn");
+    let sim = GeminiSim::builder()
+        .keys(vec!["good".into()])
+        .spawn()
+        .await
+        .expect("spawn");
     let mut c = Client::connect(&format!("{}?key=bad", sim.url())).await;
     assert_eq!(
         c.expect_close().await,
-        (Some(1007), "API key not valid. Please pass a valid API key.".to_string())
+        (
+            Some(1007),
+            "API key not valid. Please pass a valid API key.".to_string()
+        )
     );
     let mut c = Client::connect(&sim.url()).await;
     assert_eq!(c.expect_close().await.0, Some(1007));
@@ -120,11 +159,18 @@ async fn bad_or_missing_key_closes_1007_after_upgrade() {
 async fn config_instead_of_setup_closes_1007() {
     let sim = GeminiSim::builder().spawn().await.expect("spawn");
     let mut c = Client::connect(&with_key(&sim.url())).await;
-    c.send(&json!({"config": {"model": MODEL_25, "responseModalities": ["AUDIO"]}})).await;
-    assert_eq!(c.expect_close().await, (Some(1007), REASON_INVALID.to_string()));
+    c.send(&json!({"config": {"model": MODEL_25, "responseModalities": ["AUDIO"]}}))
+        .await;
+    assert_eq!(
+        c.expect_close().await,
+        (Some(1007), REASON_INVALID.to_string())
+    );
     assert_eq!(
         sim.record().connections[0].close,
-        Some(CloseRecord::ByServer { code: 1007, reason: REASON_INVALID.into() })
+        Some(CloseRecord::ByServer {
+            code: 1007,
+            reason: REASON_INVALID.into()
+        })
     );
 }
 
@@ -132,9 +178,11 @@ async fn config_instead_of_setup_closes_1007() {
 async fn unknown_model_closes_1008_with_version_from_path() {
     let sim = GeminiSim::builder().spawn().await.expect("spawn");
     let mut c = Client::connect(&with_key(&sim.url())).await;
-    c.send(&json!({"setup": {"model": "models/gemini-2.0-flash-live-001",
-        "generationConfig": {"responseModalities": ["AUDIO"]}}}))
-        .await;
+    c.send(
+        &json!({"setup": {"model": "models/gemini-2.0-flash-live-001",
+        "generationConfig": {"responseModalities": ["AUDIO"]}}}),
+    )
+    .await;
     assert_eq!(
         c.expect_close().await,
         (
@@ -148,10 +196,15 @@ async fn unknown_model_closes_1008_with_version_from_path() {
         sim.addr()
     );
     let mut c = Client::connect(&url).await;
-    c.send(&json!({"setup": {"model": "gemini-live-2.5-flash-preview"}})).await;
+    c.send(&json!({"setup": {"model": "gemini-live-2.5-flash-preview"}}))
+        .await;
     let (code, reason) = c.expect_close().await;
     assert_eq!(code, Some(1008));
-    assert!(reason.contains("models/gemini-live-2.5-flash-preview is not found for API version v1alpha"), "{reason}");
+    assert!(
+        reason
+            .contains("models/gemini-live-2.5-flash-preview is not found for API version v1alpha"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -159,7 +212,11 @@ async fn setup_validation_errors() {
     let sim = GeminiSim::builder().spawn().await.expect("spawn");
     let cases = [
         // No generationConfig at all (what the SDKs send with no config).
-        (json!({"setup": {"model": MODEL_25}}), 1007, "Cannot extract voices from a non-audio request."),
+        (
+            json!({"setup": {"model": MODEL_25}}),
+            1007,
+            "Cannot extract voices from a non-audio request.",
+        ),
         (
             json!({"setup": {"model": MODEL_25, "generationConfig": {"responseModalities": ["TEXT"]}}}),
             1007,
@@ -180,27 +237,49 @@ async fn setup_validation_errors() {
             1007,
             REASON_INVALID,
         ),
-        (json!({"setup": {"generationConfig": {"responseModalities": ["AUDIO"]}}}), 1007, REASON_INVALID),
+        (
+            json!({"setup": {"generationConfig": {"responseModalities": ["AUDIO"]}}}),
+            1007,
+            REASON_INVALID,
+        ),
         // Two members, or a non-setup first message.
-        (json!({"setup": {"model": MODEL_25}, "clientContent": {}}), 1007, REASON_INVALID),
-        (json!({"realtimeInput": {"text": "hi"}}), 1007, REASON_INVALID),
+        (
+            json!({"setup": {"model": MODEL_25}, "clientContent": {}}),
+            1007,
+            REASON_INVALID,
+        ),
+        (
+            json!({"realtimeInput": {"text": "hi"}}),
+            1007,
+            REASON_INVALID,
+        ),
         (json!({}), 1007, REASON_INVALID),
     ];
     for (msg, code, reason) in cases {
         let mut c = Client::connect(&with_key(&sim.url())).await;
         c.send(&msg).await;
-        assert_eq!(c.expect_close().await, (Some(code), reason.to_string()), "for {msg}");
+        assert_eq!(
+            c.expect_close().await,
+            (Some(code), reason.to_string()),
+            "for {msg}"
+        );
     }
     let mut c = Client::connect(&with_key(&sim.url())).await;
     c.send_raw("this is not json").await;
-    assert_eq!(c.expect_close().await, (Some(1007), REASON_INVALID.to_string()));
+    assert_eq!(
+        c.expect_close().await,
+        (Some(1007), REASON_INVALID.to_string())
+    );
     // 3.8 accepts its own valid setup.
     let mut c = Client::connect(&with_key(&sim.url())).await;
     c.setup(json!({"model": "models/gemini-3.8-live", "generationConfig": {"responseModalities": ["AUDIO"]}, "proactivity": {"proactiveAudio": true}}))
         .await;
     // A second setup is refused.
     c.send(&json!({"setup": setup_25()})).await;
-    assert_eq!(c.expect_close().await, (Some(1007), REASON_INVALID.to_string()));
+    assert_eq!(
+        c.expect_close().await,
+        (Some(1007), REASON_INVALID.to_string())
+    );
 }
 
 #[tokio::test]
@@ -238,19 +317,30 @@ async fn python_sdk_snake_case_session_is_accepted() {
         "ws://{}//ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent",
         sim.addr()
     );
-    let mut c = Client::connect_with(&url, &[("x-goog-api-key", "FAKE_KEY_123")]).await.expect("connect");
+    let mut c = Client::connect_with(&url, &[("x-goog-api-key", "FAKE_KEY_123")])
+        .await
+        .expect("connect");
     c.send_raw(&frames[0]).await;
     assert_eq!(c.json().await, json!({"setupComplete": {}}));
     // sessionResumption: {} => a handle right away.
     let upd = c.json().await;
-    assert_eq!(upd["sessionResumptionUpdate"]["resumable"], json!(true), "{upd}");
-    assert!(upd["sessionResumptionUpdate"]["newHandle"].as_str().is_some_and(|h| !h.is_empty()));
+    assert_eq!(
+        upd["sessionResumptionUpdate"]["resumable"],
+        json!(true),
+        "{upd}"
+    );
+    assert!(upd["sessionResumptionUpdate"]["newHandle"]
+        .as_str()
+        .is_some_and(|h| !h.is_empty()));
     if frames.len() > 1 {
         // {"client_content": {"turns": [...], "turnComplete": true}} prompts the greeting.
         assert!(frames[1].starts_with(r#"{"client_content""#));
         c.send_raw(&frames[1]).await;
         let turn = c.turn().await;
-        assert_eq!(output_text(&turn), "Hi! Thanks for calling. How can I help you today?");
+        assert_eq!(
+            output_text(&turn),
+            "Hi! Thanks for calling. How can I help you today?"
+        );
         // Snake-case realtime_input audio with mime_type is consumed and recorded.
         c.send_raw(&frames[2]).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -265,8 +355,15 @@ async fn python_sdk_snake_case_session_is_accepted() {
 async fn long_close_reasons_are_truncated_to_123_bytes() {
     let mut scenario = Scenario::default();
     let reason = "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.";
-    scenario.faults.after_setup = Some(FaultAction::Close { code: 1011, reason: reason.into() });
-    let sim = GeminiSim::builder().scenario(scenario).spawn().await.expect("spawn");
+    scenario.faults.after_setup = Some(FaultAction::Close {
+        code: 1011,
+        reason: reason.into(),
+    });
+    let sim = GeminiSim::builder()
+        .scenario(scenario)
+        .spawn()
+        .await
+        .expect("spawn");
     let mut c = Client::connect(&with_key(&sim.url())).await;
     c.send(&json!({"setup": setup_25()})).await;
     assert_eq!(c.json().await, json!({"setupComplete": {}}));

@@ -17,8 +17,14 @@ pub const MODEL_25: &str = "models/gemini-2.5-flash-native-audio-preview-12-2025
 /// What the client saw next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Json { value: Value, binary: bool },
-    Closed { code: Option<u16>, reason: String },
+    Json {
+        value: Value,
+        binary: bool,
+    },
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
     /// Socket ended without a close frame.
     Dropped(String),
     Timeout,
@@ -39,7 +45,8 @@ impl Client {
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let mut req = url.into_client_request()?;
         for (k, v) in headers {
-            req.headers_mut().insert(*k, v.parse().expect("header value"));
+            req.headers_mut()
+                .insert(*k, v.parse().expect("header value"));
         }
         let (ws, _resp) = tokio_tungstenite::connect_async(req).await?;
         Ok(Client { ws })
@@ -185,7 +192,11 @@ pub fn audio_bytes(msgs: &[Value]) -> Vec<Vec<u8>> {
         .filter_map(|m| m["serverContent"]["modelTurn"]["parts"].as_array())
         .flatten()
         .filter_map(|p| p["inlineData"]["data"].as_str())
-        .map(|d| base64::engine::general_purpose::STANDARD.decode(d).expect("std base64"))
+        .map(|d| {
+            base64::engine::general_purpose::STANDARD
+                .decode(d)
+                .expect("std base64")
+        })
         .collect()
 }
 

@@ -418,7 +418,10 @@ impl Session {
                 t = Some(t.map_or(x, |cur: Instant| cur.min(x)));
             }
         };
-        consider(self.go_away_at);
+        // goAway waits for setupComplete (it must not be the first server message).
+        if matches!(self.phase, Phase::Live) {
+            consider(self.go_away_at);
+        }
         consider(self.fault_at.as_ref().map(|f| f.0));
         consider(self.turn_fault_at.as_ref().map(|f| f.0));
         if let Phase::SetupPending { until } = self.phase {
@@ -450,7 +453,15 @@ impl Session {
         }
         if self.go_away_at.is_some_and(|t| now >= t) && matches!(self.phase, Phase::Live) {
             self.go_away_at = None;
-            let left = self.close_at.saturating_duration_since(now);
+            // Report the scheduled lead, not the measured remainder: timers fire a little late
+            // and the real service announces round figures ("60s").
+            let lead = self
+                .shared
+                .config
+                .go_away_lead
+                .min(self.shared.config.lifetime);
+            let left =
+                lead.min(self.close_at.saturating_duration_since(now) + Duration::from_millis(50));
             self.send(json!({"goAway": {"timeLeft": duration_string(left)}}));
         }
         if self.fault_at.as_ref().is_some_and(|f| now >= f.0) {
@@ -1278,6 +1289,120 @@ fn resample_linear(input: &[i16], from: u32, to: u32) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::gemini::{GeminiSim, GeminiSimBuilder, SimRecord};
+    use std::sync::atomic::AtomicU64;
+
+    fn session(b: GeminiSimBuilder, now: Instant) -> Session {
+        let shared = Arc::new(SimShared {
+            store: ResumptionStore::new(b.config.resumption_ttl),
+            config: b.config,
+            tool_seq: AtomicU64::new(1),
+            record: Mutex::new(SimRecord {
+                connections: vec![Default::default()],
+                ..Default::default()
+            }),
+            rejected: AtomicU64::new(0),
+        });
+        Session::new(shared, 0, "v1beta", true, now)
+    }
+
+    fn drain(s: &mut Session) -> Vec<Output> {
+        std::iter::from_fn(|| s.poll_output()).collect()
+    }
+
+    fn setup_frame() -> ClientFrame {
+        ClientFrame::Text(
+            json!({"setup": {"model": "gemini-2.5-flash-native-audio-latest",
+                "generationConfig": {"responseModalities": ["AUDIO"]}, "outputAudioTranscription": {}}})
+            .to_string(),
+        )
+    }
+
+    #[test]
+    fn go_away_waits_for_setup_and_never_spins() {
+        let t0 = Instant::now();
+        let b = GeminiSim::builder()
+            .lifetime(Duration::from_secs(10))
+            .go_away_lead(Duration::from_secs(60));
+        let mut s = session(b, t0);
+        // Before setup the goAway is not due, only the lifetime end.
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        s.handle_frame(setup_frame(), t0 + Duration::from_millis(5));
+        assert_eq!(
+            drain(&mut s),
+            vec![Output::Send(json!({"setupComplete": {}}))]
+        );
+        let due = s.poll_timeout().expect("goAway due");
+        assert!(due <= t0 + Duration::from_millis(5));
+        s.handle_timeout(t0 + Duration::from_millis(5));
+        assert_eq!(
+            drain(&mut s),
+            vec![Output::Send(json!({"goAway": {"timeLeft": "10s"}}))]
+        );
+        s.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(matches!(
+            drain(&mut s).as_slice(),
+            [Output::Close { code: 1011, .. }]
+        ));
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_turn_runs_on_synthetic_time_faster_than_real_time() {
+        let t0 = Instant::now();
+        let b = GeminiSim::builder()
+            .pace(2.0)
+            .response_latency(Duration::from_millis(300));
+        let mut s = session(b, t0);
+        s.handle_frame(setup_frame(), t0);
+        s.handle_frame(
+            ClientFrame::Text(json!({"realtime_input": {"text": "hi"}}).to_string()),
+            t0,
+        );
+        drain(&mut s);
+        let mut now = t0;
+        let mut sent = Vec::new();
+        while let Some(t) = s.poll_timeout() {
+            if t >= t0 + Duration::from_secs(60) {
+                break;
+            }
+            now = t;
+            s.handle_timeout(now);
+            for o in drain(&mut s) {
+                if let Output::Send(v) = o {
+                    sent.push((now - t0, v));
+                }
+            }
+            if sent
+                .last()
+                .is_some_and(|(_, v)| v["serverContent"]["turnComplete"] == json!(true))
+            {
+                break;
+            }
+        }
+        let first_audio = sent
+            .iter()
+            .find(|(_, v)| v["serverContent"].get("modelTurn").is_some());
+        assert_eq!(
+            first_audio.map(|(t, _)| *t),
+            Some(Duration::from_millis(300))
+        );
+        let gen = sent
+            .iter()
+            .find(|(_, v)| v["serverContent"]["generationComplete"] == json!(true));
+        let clip_ms = Clip::greeting().duration_ms();
+        // Streaming takes about half the clip at pace 2; turnComplete waits for real-time playback.
+        let gen_at = gen.map(|(t, _)| t.as_millis() as u64).unwrap_or(0);
+        assert!(
+            (300 + clip_ms / 2..=300 + clip_ms / 2 + 50).contains(&gen_at),
+            "{gen_at} vs {clip_ms}"
+        );
+        let done_at = (now - t0).as_millis() as u64;
+        assert!(
+            (300 + clip_ms..=300 + clip_ms + 5).contains(&done_at),
+            "{done_at}"
+        );
+    }
 
     #[test]
     fn vad_detects_burst_and_silence() {
