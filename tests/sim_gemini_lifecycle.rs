@@ -351,3 +351,40 @@ async fn turn_fault_closes_mid_reply_and_setup_delay_is_honoured() {
     }
     assert!(audio > 0);
 }
+
+#[tokio::test]
+async fn example_scenario_file_plays_greeting_reply_and_transfer_tool_call() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/example.toml");
+    let scenario = Scenario::load(&path).expect("example scenario");
+    let sim = GeminiSim::builder()
+        .scenario(scenario)
+        .pace(100.0)
+        .response_latency(Duration::from_millis(5))
+        .realtime_playback(false)
+        .spawn()
+        .await
+        .expect("spawn");
+    let mut c = Client::connect(&with_key(&sim.url())).await;
+    c.setup(setup_25()).await;
+    c.send(&json!({"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Greet the caller."}]}], "turnComplete": true}}))
+        .await;
+    assert_eq!(
+        output_text(&c.turn().await),
+        "Hi! Thanks for calling. How can I help you today?"
+    );
+    c.send(&json!({"realtimeInput": {"text": "Where is my order?"}}))
+        .await;
+    assert!(output_text(&c.turn().await).starts_with("Sure. Your order shipped on Monday"));
+    c.send(&json!({"realtimeInput": {"text": "Billing please."}}))
+        .await;
+    let (before, call) = until_tool_call(&mut c).await;
+    assert!(audio_bytes(&before).is_empty());
+    assert_eq!(
+        call["toolCall"]["functionCalls"][0]["name"],
+        "transfer_call"
+    );
+    assert_eq!(
+        call["toolCall"]["functionCalls"][0]["args"]["department"],
+        "billing"
+    );
+}

@@ -372,3 +372,41 @@ async fn long_close_reasons_are_truncated_to_123_bytes() {
     assert_eq!(got.len(), 123);
     assert!(got.ends_with("head to: h"), "{got}");
 }
+
+#[tokio::test]
+async fn pings_are_answered() {
+    let sim = GeminiSim::builder().spawn().await.expect("spawn");
+    let mut c = Client::connect(&with_key(&sim.url())).await;
+    c.setup(setup_25()).await;
+    assert!(c.ping_pong().await);
+}
+
+#[test]
+fn cli_arguments_parse() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: callbridge::sim::gemini::SimulateArgs,
+    }
+    let cli = Cli::parse_from([
+        "simulate-gemini",
+        "--listen",
+        "127.0.0.1:0",
+        "--keys",
+        "a,b",
+        "--lifetime-secs",
+        "30",
+        "--go-away-secs",
+        "5",
+        "--text-frames",
+        "--scenario",
+        "scenarios/example.toml",
+    ]);
+    assert_eq!(cli.args.keys, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!((cli.args.lifetime_secs, cli.args.go_away_secs), (30, 5));
+    assert!(cli.args.text_frames);
+    let defaults = Cli::parse_from(["simulate-gemini"]);
+    assert!(defaults.args.keys.is_empty() && !defaults.args.text_frames);
+    assert_eq!(defaults.args.lifetime_secs, 600);
+}

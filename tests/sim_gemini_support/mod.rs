@@ -1,6 +1,9 @@
 //! A raw Gemini Live test client for the simulator tests: tokio-tungstenite and plain JSON,
 //! deliberately independent of `callbridge::gemini`.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different subset of the helpers"
+)]
 
 use std::time::Duration;
 
@@ -68,6 +71,21 @@ impl Client {
             .send(Message::Binary(bytes.to_vec().into()))
             .await
             .expect("send");
+    }
+
+    /// Send a ping and wait for the matching pong (skipping data frames).
+    pub async fn ping_pong(&mut self) -> bool {
+        self.ws
+            .send(Message::Ping(b"hb".to_vec().into()))
+            .await
+            .expect("ping");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let Message::Pong(p) = m {
+                return p.as_ref() == b"hb";
+            }
+        }
+        false
     }
 
     pub async fn close(&mut self) {

@@ -166,6 +166,7 @@ async fn serve_socket(
                     }
                 }
                 Output::Close { code, reason } => {
+                    tracing::debug!(index, code, %reason, "gemini sim closing connection");
                     let frame = CloseFrame {
                         code,
                         reason: reason.into(),
@@ -179,7 +180,10 @@ async fn serve_socket(
                     return;
                 }
                 // Dropping both halves closes the TCP stream without a close frame.
-                Output::Drop => return,
+                Output::Drop => {
+                    tracing::debug!(index, "gemini sim dropping connection (fault)");
+                    return;
+                }
             }
         }
         let deadline = session.poll_timeout();
