@@ -6,3 +6,4 @@
 
 pub mod caller;
 pub mod gemini;
+pub mod twilio_rest;
