@@ -20,11 +20,13 @@
 //! `tests/audio_design.rs`, and the numbers in the module's tests) gave:
 //!
 //! * uplink, 8 → 16 kHz: 24 taps at 8 kHz with a Hann window and cutoff 0.945 × 4 kHz:
-//!   images ≥ 54 dB down, passband within −0.6 dB, latency 1.5625 ms. 32 taps (Blackman,
-//!   ~75 dB) would need 2.06 ms once rubato's one-sample safety margin is counted, so it
-//!   misses the budget; 16 taps reach only ~35 dB.
+//!   images ≥ 54 dB down, passband within −0.6 dB, latency 1.625 ms (group delay 1.375 ms).
+//!   32 taps (Blackman, ~75 dB) would have a group delay of 1.875 ms but a latency of 2.125 ms
+//!   once rubato's emission rule is counted, so it misses the budget; 16 taps reach only
+//!   ~35 dB.
 //! * downlink, 24 → 8 kHz: 88 taps at 24 kHz with a Blackman window and cutoff 0.945 × 4 kHz:
-//!   ≥ 75 dB rejection from 4.6 kHz up, passband within −0.6 dB, latency 1.833 ms.
+//!   ≥ 75 dB rejection from 4.6 kHz up, passband within −0.6 dB, latency 1.833 ms (group
+//!   delay 1.667 ms). 96 taps would give exactly 2.0 ms for no audible gain.
 //!
 //! rubato's FFT resampler was not used: with 20 ms chunks it adds about 10 ms.
 //!
@@ -39,8 +41,10 @@
 //! * group delay (what cross-correlating output against input shows):
 //!   `sinc_len/2 - 1/ratio - 1/oversampling`;
 //! * latency (from the arrival of an input sample to the emission of the output sample that
-//!   represents it): `sinc_len/2 + 1 - 1/oversampling`, because rubato only emits an output
-//!   once one sample beyond its filter window has arrived.
+//!   represents it): `sinc_len/2 + 1 - 1/oversampling` for outputs on whole input positions,
+//!   because rubato only emits an output once one sample beyond its filter window has
+//!   arrived, and up to `1 - 1/oversampling` more for outputs between input samples; the
+//!   worst case is `sinc_len/2 + 2 - 2/oversampling`.
 //!
 //! [`StreamResampler::delay`] reports the latency (the honest, larger number);
 //! [`StreamResampler::group_delay`] the correlation offset. Tests measure both. Nothing is
@@ -138,10 +142,13 @@ impl ResamplerSpec {
         self.sinc_len.next_multiple_of(8)
     }
 
-    /// Input samples from an input sample's arrival to the emission of its output sample.
+    /// Worst case, over output phases, of the input samples from an input sample's arrival
+    /// to the emission of the output sample that represents it.
     pub fn latency_input_samples(&self) -> f64 {
         let f = self.exact_oversampling().unwrap_or(1) as f64;
-        self.rounded_len() as f64 / 2.0 + 1.0 - 1.0 / f
+        // len/2 + 1 - 1/f for outputs on integer input positions, plus up to (1 - 1/f) for
+        // the phases between input samples, which wait for the next whole input sample.
+        self.rounded_len() as f64 / 2.0 + 2.0 - 2.0 / f
     }
 
     /// Offset, in input samples, between the input stream and the output stream as

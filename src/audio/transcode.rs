@@ -68,14 +68,14 @@ impl Uplink {
     }
 
     /// Algorithmic delay of this leg: from a caller sample's arrival to the emission of the
-    /// 16 kHz sample that represents it (1.5625 ms).
+    /// 16 kHz sample that represents it, worst case over output phases (1.625 ms).
     pub fn delay(&self) -> Duration {
         self.resampler.delay()
     }
 
     /// Offset of the output stream against the input as cross-correlation measures it
     /// (1.375 ms = 22 samples at 16 kHz); smaller than [`Self::delay`] because the resampler
-    /// emits each sample one input sample later than the filter strictly needs.
+    /// emits each sample one to 1.5 input samples later than its filter window strictly needs.
     pub fn group_delay(&self) -> Duration {
         self.resampler.group_delay()
     }
