@@ -10,7 +10,7 @@
 //! trimmed: it starts with the pipeline's delay, and the downlink ends with `finish()`'s tail.
 //! Prints the leg's delay and the mean processing time per 20 ms frame.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -32,10 +32,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(leg: &str, input: &PathBuf, output: &PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+fn run(leg: &str, input: &Path, output: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let wav = read_wav_file(input)?;
     if wav.channels != 1 {
-        return Err(format!("{}: {} channels, expected mono", input.display(), wav.channels).into());
+        return Err(format!(
+            "{}: {} channels, expected mono",
+            input.display(),
+            wav.channels
+        )
+        .into());
     }
     match leg {
         "up" => {
@@ -46,7 +51,10 @@ fn run(leg: &str, input: &PathBuf, output: &PathBuf) -> Result<(), Box<dyn std::
             let mut up = Uplink::new()?;
             let mut out = Vec::with_capacity(ulaw.len() * 4 + 64);
             let start = Instant::now();
-            let frames = ulaw.chunks(160).map(|frame| up.process(frame, &mut out)).count();
+            let frames = ulaw
+                .chunks(160)
+                .map(|frame| up.process(frame, &mut out))
+                .count();
             let spent = start.elapsed();
             let pcm: Vec<i16> = out
                 .chunks_exact(2)

@@ -8,10 +8,10 @@ use callbridge::audio::resample::{ResamplerSpec, StreamResampler};
 
 const REJECTION_DB: f64 = 50.0;
 
-/// Uplink analysis: 8192 input samples = 16384 output samples per period.
-const UP_PERIOD_IN: usize = 8192;
-/// Downlink analysis: 24576 input samples = 8192 output samples per period.
-const DOWN_PERIOD_IN: usize = 24576;
+/// Uplink analysis: 4096 input samples = 8192 output samples per period.
+const UP_PERIOD_IN: usize = 4096;
+/// Downlink analysis: 12288 input samples = 4096 output samples per period.
+const DOWN_PERIOD_IN: usize = 12288;
 
 /// Cycles per period nearest to `hz`.
 fn cycles(hz: f64, rate: f64, period: usize) -> usize {
@@ -20,7 +20,7 @@ fn cycles(hz: f64, rate: f64, period: usize) -> usize {
 
 /// Runs the real uplink (μ-law in) on a tone; returns (exact tone frequency, tone power,
 /// power above 4.6 kHz) of one steady-state period of the 16 kHz output. A tone of `k`
-/// cycles per 8192 input samples has `k` cycles per 16384 output samples: bin `k`.
+/// cycles per 4096 input samples has `k` cycles per 8192 output samples: bin `k`.
 fn uplink_tone(hz: f64) -> (f64, f64, f64) {
     let k = cycles(hz, 8000.0, UP_PERIOD_IN);
     let x = tone(UP_PERIOD_IN * 2, k, UP_PERIOD_IN, 0.5);
@@ -28,7 +28,12 @@ fn uplink_tone(hz: f64) -> (f64, f64, f64) {
     let block = &y[y.len() - 2 * UP_PERIOD_IN..];
     let p = power_spectrum(block);
     let bin_hz = 16000.0 / block.len() as f64;
-    let above: f64 = p.iter().enumerate().filter(|(i, _)| *i as f64 * bin_hz > 4600.0).map(|(_, v)| v).sum();
+    let above: f64 = p
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as f64 * bin_hz > 4600.0)
+        .map(|(_, v)| v)
+        .sum();
     (k as f64 * 8000.0 / UP_PERIOD_IN as f64, p[k], above)
 }
 
@@ -39,7 +44,10 @@ fn uplink_images_above_4k6_are_50db_down() {
         let (f, tone_p, above) = uplink_tone(f64::from(hz));
         let rej = db(tone_p / above);
         worst = worst.min(rej);
-        assert!(rej >= REJECTION_DB, "uplink tone {f:.1} Hz: energy above 4.6 kHz only {rej:.1} dB down");
+        assert!(
+            rej >= REJECTION_DB,
+            "uplink tone {f:.1} Hz: energy above 4.6 kHz only {rej:.1} dB down"
+        );
     }
     println!("uplink worst image rejection above 4.6 kHz (μ-law in, 300-3400 Hz): {worst:.1} dB");
 }
@@ -57,9 +65,16 @@ fn downlink_tones_4k6_to_11k9_are_50db_down() {
         let out = &y[2000..y.len() - 100];
         let rej = db(mean_square(&x_q) / mean_square(out).max(1e-30));
         worst = worst.min(rej);
-        assert!(rej >= REJECTION_DB, "downlink tone {hz} Hz: output only {rej:.1} dB below input");
+        assert!(
+            rej >= REJECTION_DB,
+            "downlink tone {hz} Hz: output only {rej:.1} dB below input"
+        );
     }
-    println!("downlink worst rejection 4.6-11.9 kHz (after μ-law): {worst:.1} dB");
+    if worst > 200.0 {
+        println!("downlink 4.6-11.9 kHz (after μ-law): output is all-zero codes (residual below μ-law's smallest step)");
+    } else {
+        println!("downlink worst rejection 4.6-11.9 kHz (after μ-law): {worst:.1} dB");
+    }
     // Control: the same measurement on an in-band tone must show it passing, so silence from
     // a broken pipeline cannot pass the test above.
     let k = cycles(1000.0, 24000.0, DOWN_PERIOD_IN);
@@ -73,37 +88,54 @@ fn downlink_tones_4k6_to_11k9_are_50db_down() {
 fn resampler_stopband_without_mulaw_noise() {
     // The same checks on the bare resamplers, to show the filter margin itself.
     let mut worst_up = f64::INFINITY;
-    for hz in (300..=3400).step_by(50) {
+    for hz in (300..=3400).step_by(100) {
         let k = cycles(f64::from(hz), 8000.0, UP_PERIOD_IN);
         let x = tone(UP_PERIOD_IN * 2, k, UP_PERIOD_IN, 0.5);
-        let y = run_resampler(&mut StreamResampler::new(ResamplerSpec::UPLINK).unwrap(), &x);
+        let y = run_resampler(
+            &mut StreamResampler::new(ResamplerSpec::UPLINK).unwrap(),
+            &x,
+        );
         let block = &y[y.len() - 2 * UP_PERIOD_IN..];
         let p = power_spectrum(block);
-        let above: f64 = p[(4600.0 / (16000.0 / block.len() as f64)) as usize + 1..].iter().sum();
+        let above: f64 = p[(4600.0 / (16000.0 / block.len() as f64)) as usize + 1..]
+            .iter()
+            .sum();
         worst_up = worst_up.min(db(p[k] / above));
     }
     let mut worst_down = f64::INFINITY;
-    for hz in (4600..=11950).step_by(50) {
+    for hz in (4600..=11950).step_by(100) {
         let k = cycles(f64::from(hz), 24000.0, DOWN_PERIOD_IN);
         let x = tone(DOWN_PERIOD_IN * 2, k, DOWN_PERIOD_IN, 0.5);
-        let y = run_resampler(&mut StreamResampler::new(ResamplerSpec::DOWNLINK).unwrap(), &x);
+        let y = run_resampler(
+            &mut StreamResampler::new(ResamplerSpec::DOWNLINK).unwrap(),
+            &x,
+        );
         let out = &y[y.len() - DOWN_PERIOD_IN / 3..];
         worst_down = worst_down.min(db(mean_square(&x) / mean_square(out)));
     }
     println!("bare resamplers: uplink worst image rejection {worst_up:.1} dB, downlink worst stopband {worst_down:.1} dB");
-    assert!(worst_up >= REJECTION_DB + 3.0, "uplink filter margin {worst_up:.1} dB");
-    assert!(worst_down >= REJECTION_DB + 3.0, "downlink filter margin {worst_down:.1} dB");
+    assert!(
+        worst_up >= REJECTION_DB + 3.0,
+        "uplink filter margin {worst_up:.1} dB"
+    );
+    assert!(
+        worst_down >= REJECTION_DB + 3.0,
+        "downlink filter margin {worst_down:.1} dB"
+    );
 }
 
 #[test]
 fn passband_300_to_3400_within_1db() {
     let (mut up_min, mut up_max) = (f64::INFINITY, f64::NEG_INFINITY);
     let (mut dn_min, mut dn_max) = (f64::INFINITY, f64::NEG_INFINITY);
-    for hz in (300..=3400).step_by(50) {
+    for hz in (300..=3400).step_by(100) {
         // Uplink: output tone amplitude vs input amplitude (bare resampler, f32, no μ-law).
         let k = cycles(f64::from(hz), 8000.0, UP_PERIOD_IN);
         let x = tone(UP_PERIOD_IN * 2, k, UP_PERIOD_IN, 0.5);
-        let y = run_resampler(&mut StreamResampler::new(ResamplerSpec::UPLINK).unwrap(), &x);
+        let y = run_resampler(
+            &mut StreamResampler::new(ResamplerSpec::UPLINK).unwrap(),
+            &x,
+        );
         let block = &y[y.len() - 2 * UP_PERIOD_IN..];
         let p = power_spectrum(block);
         // A sine of amplitude a over N samples gives |X[k]|^2 = (a N / 2)^2.
@@ -113,7 +145,10 @@ fn passband_300_to_3400_within_1db() {
 
         let k = cycles(f64::from(hz), 24000.0, DOWN_PERIOD_IN);
         let x = tone(DOWN_PERIOD_IN * 2, k, DOWN_PERIOD_IN, 0.5);
-        let y = run_resampler(&mut StreamResampler::new(ResamplerSpec::DOWNLINK).unwrap(), &x);
+        let y = run_resampler(
+            &mut StreamResampler::new(ResamplerSpec::DOWNLINK).unwrap(),
+            &x,
+        );
         let block = &y[y.len() - DOWN_PERIOD_IN / 3..];
         let gain = db(mean_square(block) / mean_square(&x));
         dn_min = dn_min.min(gain);
@@ -121,6 +156,9 @@ fn passband_300_to_3400_within_1db() {
     }
     println!("passband 300-3400 Hz: uplink {up_min:+.2}..{up_max:+.2} dB, downlink {dn_min:+.2}..{dn_max:+.2} dB");
     for (leg, lo, hi) in [("uplink", up_min, up_max), ("downlink", dn_min, dn_max)] {
-        assert!(lo >= -1.0 && hi <= 1.0, "{leg} passband {lo:+.2}..{hi:+.2} dB");
+        assert!(
+            lo >= -1.0 && hi <= 1.0,
+            "{leg} passband {lo:+.2}..{hi:+.2} dB"
+        );
     }
 }

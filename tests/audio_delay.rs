@@ -28,7 +28,10 @@ fn uplink_group_delay_matches_cross_correlation() {
     let up = Uplink::new().unwrap();
     let expected = up.group_delay().as_secs_f64() * 16000.0;
     println!("uplink: correlation peak {lag} samples @16k, group_delay() {expected} samples, delay() {:?}", up.delay());
-    assert!((lag as f64 - expected).abs() <= 1.0, "measured {lag}, reported {expected}");
+    assert!(
+        (lag as f64 - expected).abs() <= 1.0,
+        "measured {lag}, reported {expected}"
+    );
     assert!(up.group_delay() <= up.delay());
     assert!(up.delay() <= BUDGET, "uplink delay {:?}", up.delay());
 }
@@ -46,9 +49,15 @@ fn downlink_group_delay_matches_cross_correlation() {
     let lag_out = lag_in as f64 / 3.0;
     let expected = down.group_delay().as_secs_f64() * 8000.0;
     println!("downlink: correlation peak {lag_in} samples @24k = {lag_out:.3} @8k, group_delay() {expected:.3} @8k, delay() {:?}", down.delay());
-    assert!((lag_out - expected).abs() <= 1.0, "measured {lag_out}, reported {expected}");
+    assert!(
+        (lag_out - expected).abs() <= 1.0,
+        "measured {lag_out}, reported {expected}"
+    );
     // At the input rate the peak is exact.
-    assert_eq!(lag_in as f64, (down.group_delay().as_secs_f64() * 24000.0).round());
+    assert_eq!(
+        lag_in as f64,
+        (down.group_delay().as_secs_f64() * 24000.0).round()
+    );
     assert!(down.group_delay() <= down.delay());
     assert!(down.delay() <= BUDGET, "downlink delay {:?}", down.delay());
 }
@@ -105,7 +114,11 @@ fn steady_state_20ms_frames_are_full_after_the_first() {
         up.process(f, &mut out);
         sizes.push(out.len());
     }
-    assert!(sizes[0] < 640 && sizes[0] >= 600, "first frame {}", sizes[0]);
+    assert!(
+        sizes[0] < 640 && sizes[0] >= 600,
+        "first frame {}",
+        sizes[0]
+    );
     assert!(sizes[1..].iter().all(|&s| s == 640), "{sizes:?}");
     // Samples held back after the first frame, in time: must not exceed the latency budget.
     let held = Duration::from_secs_f64((640 - sizes[0]) as f64 / 2.0 / 16000.0);
@@ -119,7 +132,11 @@ fn steady_state_20ms_frames_are_full_after_the_first() {
         down.process(f, &mut out);
         sizes.push(out.len());
     }
-    assert!(sizes[0] < 160 && sizes[0] >= 150, "first frame {}", sizes[0]);
+    assert!(
+        sizes[0] < 160 && sizes[0] >= 150,
+        "first frame {}",
+        sizes[0]
+    );
     assert!(sizes[1..].iter().all(|&s| s == 160), "{sizes:?}");
 }
 

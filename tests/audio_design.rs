@@ -20,7 +20,11 @@ const WINDOWS: [WindowFunction; 6] = [
 /// Impulse response of the resampler at `rate` (the faster of the two rates).
 fn impulse_response(spec: ResamplerSpec) -> Vec<f64> {
     let up = spec.rate_out > spec.rate_in;
-    let phases = if up { 1 } else { (spec.rate_in / spec.rate_out) as usize };
+    let phases = if up {
+        1
+    } else {
+        (spec.rate_in / spec.rate_out) as usize
+    };
     let mut h = Vec::new();
     for p in 0..phases {
         let mut r = StreamResampler::new(spec).unwrap();
@@ -63,25 +67,49 @@ fn sweep(base: ResamplerSpec, lens: &[usize]) {
             let mut best: Option<(f64, f32, f64)> = None;
             for c in 0..=40 {
                 let f_cutoff = 0.80 + 0.005 * c as f32;
-                let spec = ResamplerSpec { sinc_len: len, window, f_cutoff, ..base };
+                let spec = ResamplerSpec {
+                    sinc_len: len,
+                    window,
+                    f_cutoff,
+                    ..base
+                };
                 let h = impulse_response(spec);
-                let dc = if up { mag(&h, rate, 0.0) / 2.0 } else { mag(&h, rate, 0.0) };
+                let dc = if up {
+                    mag(&h, rate, 0.0) / 2.0
+                } else {
+                    mag(&h, rate, 0.0)
+                };
                 let h: Vec<f64> = h.iter().map(|v| v / dc).collect();
-                let gain = |f: f64| if up { mag(&h, rate, f) / 2.0 } else { mag(&h, rate, f) };
+                let gain = |f: f64| {
+                    if up {
+                        mag(&h, rate, f) / 2.0
+                    } else {
+                        mag(&h, rate, f)
+                    }
+                };
                 let ripple = pass.iter().map(|&f| db(gain(f)).abs()).fold(0.0, f64::max);
                 if ripple > 1.0 {
                     continue;
                 }
                 let rejection = if up {
-                    pass.iter().map(|&f| db(gain(f)) - db(gain(8000.0 - f))).fold(f64::INFINITY, f64::min)
+                    pass.iter()
+                        .map(|&f| db(gain(f)) - db(gain(8000.0 - f)))
+                        .fold(f64::INFINITY, f64::min)
                 } else {
-                    (4600..=11950).step_by(25).map(|f| -db(gain(f64::from(f)))).fold(f64::INFINITY, f64::min)
+                    (4600..=11950)
+                        .step_by(25)
+                        .map(|f| -db(gain(f64::from(f))))
+                        .fold(f64::INFINITY, f64::min)
                 };
                 if best.is_none_or(|b| rejection > b.0) {
                     best = Some((rejection, f_cutoff, ripple));
                 }
             }
-            let latency_ms = ResamplerSpec { sinc_len: len, ..base }.latency_input_samples()
+            let latency_ms = ResamplerSpec {
+                sinc_len: len,
+                ..base
+            }
+            .latency_input_samples()
                 / f64::from(base.rate_in)
                 * 1e3;
             match best {

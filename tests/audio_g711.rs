@@ -30,7 +30,12 @@ fn encode_decode_round_trips_except_negative_zero() {
             // 0x7F and 0xFF both decode to 0; 0 encodes as the positive zero.
             assert_eq!(back, 0xFF);
         } else {
-            assert_eq!(back, c, "code {c:#04x} -> {} -> {back:#04x}", ulaw_decode(c));
+            assert_eq!(
+                back,
+                c,
+                "code {c:#04x} -> {} -> {back:#04x}",
+                ulaw_decode(c)
+            );
         }
     }
 }
@@ -62,13 +67,19 @@ fn encoder_within_one_level_of_formula_reference() {
         let got = ulaw_encode(s);
         let want = nearest_code(s);
         let d = (rank[got as usize] - rank[want as usize]).abs();
-        assert!(d <= 1, "sample {s}: encoder {got:#04x}, reference {want:#04x}");
+        assert!(
+            d <= 1,
+            "sample {s}: encoder {got:#04x}, reference {want:#04x}"
+        );
         mismatches += usize::from(d != 0);
     }
     // The ITU encoder is not nearest-level at the extreme (it clips at 32635 and its
     // thresholds are not exact midpoints in every segment); it must still agree almost
     // everywhere.
-    assert!(mismatches < 65536 / 50, "{mismatches} of 65536 samples differ by one level");
+    assert!(
+        mismatches < 65536 / 50,
+        "{mismatches} of 65536 samples differ by one level"
+    );
     println!("encoder differs from nearest-level reference on {mismatches} of 65536 inputs");
 }
 

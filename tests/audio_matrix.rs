@@ -18,7 +18,9 @@ fn model_bytes() -> Vec<u8> {
     let n = 31_203; // odd sample count, not a multiple of 3 or of any chunk size below
     let a = noise(n, 0.2, 9);
     let b = tone(n, 440, 24000, 0.3);
-    pcm_bytes(&to_i16(&a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>()))
+    pcm_bytes(&to_i16(
+        &a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>(),
+    ))
 }
 
 /// Splits `data` by cycling through `sizes` (0 means an empty call).
@@ -40,15 +42,30 @@ fn split<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
 fn uplink_chunking_is_invisible() {
     let codes = caller_codes();
     let one_shot = run_uplink(&codes, codes.len());
-    assert!(one_shot.len() > 2 * 2 * 10_000, "one-shot produced {} bytes", one_shot.len());
-    for sizes in [&[1][..], &[159], &[160], &[161], &[480], &[4001], &[0, 160, 0, 1, 7, 0, 4001, 33]] {
+    assert!(
+        one_shot.len() > 2 * 2 * 10_000,
+        "one-shot produced {} bytes",
+        one_shot.len()
+    );
+    for sizes in [
+        &[1][..],
+        &[159],
+        &[160],
+        &[161],
+        &[480],
+        &[4001],
+        &[0, 160, 0, 1, 7, 0, 4001, 33],
+    ] {
         let mut up = Uplink::new().unwrap();
         let mut out = Vec::new();
         for piece in split(&codes, sizes) {
             up.process(piece, &mut out);
             up.process(&[], &mut out);
         }
-        assert!(out == one_shot, "uplink chunk sizes {sizes:?}: output differs");
+        assert!(
+            out == one_shot,
+            "uplink chunk sizes {sizes:?}: output differs"
+        );
     }
 }
 
@@ -57,7 +74,16 @@ fn downlink_chunking_is_invisible() {
     let bytes = model_bytes();
     let one_shot = run_downlink(&bytes, bytes.len());
     for sizes in [
-        &[1][..], &[3], &[159], &[160], &[161], &[480], &[961], &[960], &[4001], &[0, 1, 0, 2, 961, 3, 0, 4001],
+        &[1][..],
+        &[3],
+        &[159],
+        &[160],
+        &[161],
+        &[480],
+        &[961],
+        &[960],
+        &[4001],
+        &[0, 1, 0, 2, 961, 3, 0, 4001],
     ] {
         let mut down = Downlink::new().unwrap();
         let mut out = Vec::new();
@@ -66,7 +92,10 @@ fn downlink_chunking_is_invisible() {
             down.process(&[], &mut out);
         }
         down.finish(&mut out);
-        assert!(out == one_shot, "downlink chunk sizes {sizes:?}: output differs");
+        assert!(
+            out == one_shot,
+            "downlink chunk sizes {sizes:?}: output differs"
+        );
     }
 }
 
@@ -110,7 +139,10 @@ fn downlink_odd_byte_is_carried_and_dropped_on_reset() {
     let mut fresh = Vec::new();
     down.process(&bytes, &mut fresh);
     down.finish(&mut fresh);
-    assert!(fresh == run_downlink(&bytes, bytes.len()), "after reset output must equal a fresh pipeline");
+    assert!(
+        fresh == run_downlink(&bytes, bytes.len()),
+        "after reset output must equal a fresh pipeline"
+    );
 }
 
 #[test]

@@ -24,8 +24,16 @@ fn reads_every_bundled_fixture() {
         } else {
             (8000, WavFormat::Pcm16)
         };
-        assert_eq!((wav.sample_rate, wav.format, wav.channels), (rate, format, 1), "{name}");
-        assert!(wav.data.len() > rate as usize / 2, "{name}: {} bytes", wav.data.len());
+        assert_eq!(
+            (wav.sample_rate, wav.format, wav.channels),
+            (rate, format, 1),
+            "{name}"
+        );
+        assert!(
+            wav.data.len() > rate as usize / 2,
+            "{name}: {} bytes",
+            wav.data.len()
+        );
         if format == WavFormat::MuLaw {
             // Our writer reproduces make_fixtures.py's layout byte for byte.
             let bytes = std::fs::read(&path).unwrap();

@@ -59,11 +59,12 @@ impl Uplink {
             for (dst, &code) in self.block.iter_mut().zip(piece) {
                 *dst = to_f32(ulaw_decode(code));
             }
-            self.resampler.process(&self.block[..piece.len()], |samples| {
-                for &s in samples {
-                    out.extend_from_slice(&to_i16(s).to_le_bytes());
-                }
-            });
+            self.resampler
+                .process(&self.block[..piece.len()], |samples| {
+                    for &s in samples {
+                        out.extend_from_slice(&to_i16(s).to_le_bytes());
+                    }
+                });
         }
     }
 

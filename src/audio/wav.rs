@@ -331,6 +331,9 @@ mod tests {
             Err(WavError::Unsupported { tag: 3, bits: 16 })
         ));
         let bytes = wav_pcm16_bytes(8000, 1, &[1, 2]);
-        assert!(matches!(read_wav(&bytes[..30]), Err(WavError::TruncatedChunk { .. })));
+        assert!(matches!(
+            read_wav(&bytes[..30]),
+            Err(WavError::TruncatedChunk { .. })
+        ));
     }
 }

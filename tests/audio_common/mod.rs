@@ -21,12 +21,16 @@ pub fn noise(n: usize, amp: f64, mut seed: u64) -> Vec<f64> {
 /// `cycles` periods of a sine per `period` samples, `n` samples long.
 pub fn tone(n: usize, cycles: usize, period: usize, amp: f64) -> Vec<f64> {
     (0..n)
-        .map(|i| amp * (2.0 * std::f64::consts::PI * (cycles * i % period) as f64 / period as f64).sin())
+        .map(|i| {
+            amp * (2.0 * std::f64::consts::PI * (cycles * i % period) as f64 / period as f64).sin()
+        })
         .collect()
 }
 
 pub fn to_i16(x: &[f64]) -> Vec<i16> {
-    x.iter().map(|&v| (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16).collect()
+    x.iter()
+        .map(|&v| (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
+        .collect()
 }
 
 pub fn pcm_bytes(x: &[i16]) -> Vec<u8> {
@@ -34,11 +38,15 @@ pub fn pcm_bytes(x: &[i16]) -> Vec<u8> {
 }
 
 pub fn from_pcm_bytes(b: &[u8]) -> Vec<f64> {
-    b.chunks_exact(2).map(|p| f64::from(i16::from_le_bytes([p[0], p[1]])) / 32768.0).collect()
+    b.chunks_exact(2)
+        .map(|p| f64::from(i16::from_le_bytes([p[0], p[1]])) / 32768.0)
+        .collect()
 }
 
 pub fn from_ulaw(b: &[u8]) -> Vec<f64> {
-    b.iter().map(|&c| f64::from(ulaw_decode(c)) / 32768.0).collect()
+    b.iter()
+        .map(|&c| f64::from(ulaw_decode(c)) / 32768.0)
+        .collect()
 }
 
 pub fn ulaw(x: &[f64]) -> Vec<u8> {
@@ -115,7 +123,9 @@ pub fn power_spectrum(x: &[f64]) -> Vec<f64> {
     let mut re = x.to_vec();
     let mut im = vec![0.0; x.len()];
     fft(&mut re, &mut im);
-    (0..=x.len() / 2).map(|k| re[k] * re[k] + im[k] * im[k]).collect()
+    (0..=x.len() / 2)
+        .map(|k| re[k] * re[k] + im[k] * im[k])
+        .collect()
 }
 
 pub fn db(ratio: f64) -> f64 {
@@ -134,7 +144,12 @@ pub fn xcorr_peak(x: &[f64], y: &[f64], step: usize, max_lag: usize) -> (usize, 
         .map(|lag| {
             y.iter()
                 .enumerate()
-                .filter_map(|(k, &v)| (k * step).checked_sub(lag).and_then(|i| x.get(i)).map(|&u| u * v))
+                .filter_map(|(k, &v)| {
+                    (k * step)
+                        .checked_sub(lag)
+                        .and_then(|i| x.get(i))
+                        .map(|&u| u * v)
+                })
                 .sum()
         })
         .collect();
