@@ -523,10 +523,10 @@ impl Call {
         consider(self.dtmf_deadline);
         consider(self.hangup.as_ref().map(|h| h.deadline));
         if self.pending.len() >= FRAME_BYTES || self.final_mark_due() {
-            // Wake when the lead at Twilio drops below the target.
+            // Wake when one more frame fits under the lead target.
             let due = match self.queued_until {
                 Some(q) => q
-                    .checked_sub(self.settings.playout_lead)
+                    .checked_sub(self.settings.playout_lead.saturating_sub(FRAME))
                     .unwrap_or(self.created),
                 None => self.created,
             };
@@ -858,7 +858,7 @@ impl Call {
             let lead = self
                 .queued_until
                 .map_or(Duration::ZERO, |q| q.saturating_duration_since(now));
-            if lead >= self.settings.playout_lead {
+            if lead + FRAME > self.settings.playout_lead {
                 break;
             }
             let Some(turn) = self.turns.front_mut() else {
