@@ -524,7 +524,10 @@ mod tests {
         let CallerEvent::Media(m) = parse(text).unwrap() else {
             panic!()
         };
-        assert_eq!((m.chunk, m.timestamp_ms, m.payload.clone()), (7, 295, vec![0xff]));
+        assert_eq!(
+            (m.chunk, m.timestamp_ms, m.payload.clone()),
+            (7, 295, vec![0xff])
+        );
         // Unpadded base64 too.
         let text = r#"{"event":"media","media":{"track":"inbound","chunk":"1","timestamp":"1","payload":"/w"}}"#;
         assert!(matches!(parse(text), Ok(CallerEvent::Media(m)) if m.payload == vec![0xff]));
@@ -549,7 +552,10 @@ mod tests {
             parse("[1,2]"),
             Err(WireError::NotObject { found: "an array" })
         ));
-        assert!(matches!(parse("\"media\""), Err(WireError::NotObject { .. })));
+        assert!(matches!(
+            parse("\"media\""),
+            Err(WireError::NotObject { .. })
+        ));
     }
 
     #[test]
@@ -559,7 +565,11 @@ mod tests {
         assert_eq!(err.to_string(), "unknown caller event \"playAudio\"");
         let huge = format!(r#"{{"event":"{}"}}"#, "x".repeat(10_000));
         let msg = parse(&huge).unwrap_err().to_string();
-        assert!(msg.len() < 200, "error message must be bounded: {}", msg.len());
+        assert!(
+            msg.len() < 200,
+            "error message must be bounded: {}",
+            msg.len()
+        );
     }
 
     #[test]
@@ -567,11 +577,20 @@ mod tests {
         let cases = [
             (r#"{"streamSid":"MZ1"}"#, "event"),
             (r#"{"event":"media"}"#, "media"),
-            (r#"{"event":"media","media":{"track":"inbound","chunk":"1","timestamp":"1"}}"#, "media.payload"),
-            (r#"{"event":"media","media":{"track":"inbound","timestamp":"1","payload":""}}"#, "media.chunk"),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":"1","timestamp":"1"}}"#,
+                "media.payload",
+            ),
+            (
+                r#"{"event":"media","media":{"track":"inbound","timestamp":"1","payload":""}}"#,
+                "media.chunk",
+            ),
             (r#"{"event":"mark","mark":{}}"#, "mark.name"),
             (r#"{"event":"mark","streamSid":"MZ1"}"#, "mark"),
-            (r#"{"event":"dtmf","dtmf":{"track":"inbound_track"}}"#, "dtmf.digit"),
+            (
+                r#"{"event":"dtmf","dtmf":{"track":"inbound_track"}}"#,
+                "dtmf.digit",
+            ),
             (
                 r#"{"event":"start","start":{"accountSid":"AC1","callSid":"CA1","mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#,
                 "start.streamSid",
@@ -605,7 +624,11 @@ mod tests {
                 "media.chunk",
                 "a boolean",
             ),
-            (r#"{"event":"mark","mark":{"name":["a"]}}"#, "mark.name", "an array"),
+            (
+                r#"{"event":"mark","mark":{"name":["a"]}}"#,
+                "mark.name",
+                "an array",
+            ),
             (
                 r#"{"event":"start","streamSid":"MZ1","start":{"accountSid":"AC1","callSid":"CA1","mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":{"n":1}}}"#,
                 "start.customParameters.n",
@@ -625,11 +648,26 @@ mod tests {
     #[test]
     fn invalid_values_are_named() {
         let cases = [
-            (r#"{"event":"media","media":{"track":"inbound","chunk":"1a","timestamp":"1","payload":""}}"#, "media.chunk"),
-            (r#"{"event":"media","media":{"track":"inbound","chunk":"1","timestamp":"-5","payload":""}}"#, "media.timestamp"),
-            (r#"{"event":"media","media":{"track":"inbound","chunk":"","timestamp":"1","payload":""}}"#, "media.chunk"),
-            (r#"{"event":"media","media":{"track":"inbound","chunk":-1,"timestamp":"1","payload":""}}"#, "media.chunk"),
-            (r#"{"event":"media","media":{"track":"inbound","chunk":"99999999999999999999999","timestamp":"1","payload":""}}"#, "media.chunk"),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":"1a","timestamp":"1","payload":""}}"#,
+                "media.chunk",
+            ),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":"1","timestamp":"-5","payload":""}}"#,
+                "media.timestamp",
+            ),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":"","timestamp":"1","payload":""}}"#,
+                "media.chunk",
+            ),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":-1,"timestamp":"1","payload":""}}"#,
+                "media.chunk",
+            ),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":"99999999999999999999999","timestamp":"1","payload":""}}"#,
+                "media.chunk",
+            ),
             (r#"{"event":"dtmf","dtmf":{"digit":"12"}}"#, "dtmf.digit"),
             (r#"{"event":"dtmf","dtmf":{"digit":""}}"#, "dtmf.digit"),
             (r#"{"event":"dtmf","dtmf":{"digit":"x"}}"#, "dtmf.digit"),
@@ -652,7 +690,10 @@ mod tests {
             let text = format!(
                 r#"{{"event":"media","media":{{"track":"inbound","chunk":"1","timestamp":"1","payload":"{payload}"}}}}"#
             );
-            assert!(matches!(parse(&text), Err(WireError::BadBase64(_))), "{payload}");
+            assert!(
+                matches!(parse(&text), Err(WireError::BadBase64(_))),
+                "{payload}"
+            );
         }
     }
 
@@ -664,19 +705,26 @@ mod tests {
         let text = format!(
             r#"{{"event":"media","media":{{"track":"inbound","chunk":"1","timestamp":"1","payload":"{payload}"}}}}"#
         );
-        assert!(matches!(parse(&text), Ok(CallerEvent::Media(m)) if m.payload.len() == mib / 4 * 3));
+        assert!(
+            matches!(parse(&text), Ok(CallerEvent::Media(m)) if m.payload.len() == mib / 4 * 3)
+        );
         // Garbage and pathological nesting.
         let _ = parse(&"x".repeat(mib));
         let _ = parse(&"[".repeat(mib));
         let _ = parse(&"{\"a\":".repeat(mib / 5));
-        let junk: String = (0..mib).map(|i| char::from(b"{}[]\":,\\ae0-"[i % 12])).collect();
+        let junk: String = (0..mib)
+            .map(|i| char::from(b"{}[]\":,\\ae0-"[i % 12]))
+            .collect();
         let _ = parse(&junk);
     }
 
     #[test]
     fn outbound_json_is_byte_exact() {
         // §1.4 examples (their payloads are elided in the spec; these decode to real bytes).
-        let media = to_json(&CallerCommand::Media(&[0xfe, 0xfe, 0xfe, 0xfe, 0x7e, 0x7e]), SID);
+        let media = to_json(
+            &CallerCommand::Media(&[0xfe, 0xfe, 0xfe, 0xfe, 0x7e, 0x7e]),
+            SID,
+        );
         assert_eq!(
             media,
             r#"{"event":"media","streamSid":"MZ00112233445566778899aabbccddeeff","media":{"payload":"/v7+/n5+"}}"#
@@ -698,7 +746,8 @@ mod tests {
             k.sort();
             k
         }
-        let media: Value = serde_json::from_str(&to_json(&CallerCommand::Media(&[1, 2, 3]), SID)).unwrap();
+        let media: Value =
+            serde_json::from_str(&to_json(&CallerCommand::Media(&[1, 2, 3]), SID)).unwrap();
         assert_eq!(keys(&media), ["event", "media", "streamSid"]);
         assert_eq!(keys(&media["media"]), ["payload"]);
         let mark: Value = serde_json::from_str(&to_json(&CallerCommand::Mark("m"), SID)).unwrap();
