@@ -24,6 +24,10 @@ type Ws = WebSocketStream<TcpStream>;
 const TOKEN: &str = "test-token-123";
 
 /// Accept one WebSocket on a fresh port, record the upgrade headers, hand the socket to `f`.
+#[expect(
+    clippy::result_large_err,
+    reason = "tungstenite's header callback signature returns its own ErrorResponse"
+)]
 async fn fake_bridge<F, Fut, T>(f: F) -> (String, JoinHandle<(HeaderMap, String, T)>)
 where
     F: FnOnce(Ws) -> Fut + Send + 'static,

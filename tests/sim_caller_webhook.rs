@@ -22,6 +22,7 @@ const PUBLIC_VOICE: &str = "https://bridge.example.com/twilio/voice";
 struct Seen {
     voice: Option<(HeaderMap, String)>,
     media: Option<(HeaderMap, Uri, Vec<Value>)>,
+    status: Vec<(HeaderMap, String)>,
 }
 
 #[derive(Clone)]
@@ -35,6 +36,11 @@ async fn voice(State(app): State<App>, headers: HeaderMap, body: String) -> Resp
     app.seen.lock().unwrap().voice = Some((headers, body));
     let status = axum::http::StatusCode::from_u16(app.status).unwrap();
     (status, [("content-type", "text/xml")], app.twiml.clone()).into_response()
+}
+
+async fn stream_status(State(app): State<App>, headers: HeaderMap, body: String) -> &'static str {
+    app.seen.lock().unwrap().status.push((headers, body));
+    "ok"
 }
 
 async fn media(
@@ -69,6 +75,7 @@ async fn serve(twiml: &str, status: u16) -> (u16, Arc<Mutex<Seen>>) {
     let router = Router::new()
         .route("/twilio/voice", post(voice))
         .route("/twilio/media", any(media))
+        .route("/twilio/stream-status", post(stream_status))
         .with_state(app);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -84,7 +91,14 @@ fn twiml(url: &str, extra_attr: &str) -> String {
 
 #[tokio::test]
 async fn webhook_then_signed_stream_with_parameters_and_fallback() {
-    let (port, seen) = serve(&twiml("wss://bridge.example.com/twilio/media", ""), 200).await;
+    let (port, seen) = serve(
+        &twiml(
+            "/twilio/media", // relative: resolved against the webhook's public host
+            r#" statusCallback="https://bridge.example.com/twilio/stream-status""#,
+        ),
+        200,
+    )
+    .await;
     let report = SimCaller::builder()
         .webhook(format!("http://127.0.0.1:{port}/twilio/voice"))
         .public_webhook_url(PUBLIC_VOICE)
@@ -165,6 +179,50 @@ async fn webhook_then_signed_stream_with_parameters_and_fallback() {
     let ex = report.webhook.as_ref().unwrap();
     assert_eq!(ex.stream_url, "wss://bridge.example.com/twilio/media");
     assert!(report.timeline_text().contains("continue twiml"));
+
+    // Stream status callbacks (§1.6): started then stopped, signed over the public URL.
+    let events: Vec<&str> = report
+        .status_callbacks
+        .iter()
+        .map(|c| c.event.as_str())
+        .collect();
+    assert_eq!(events, ["stream-started", "stream-stopped"]);
+    assert!(report
+        .status_callbacks
+        .iter()
+        .all(|c| c.status == Some(200)));
+    assert_eq!(seen.status.len(), 2);
+    for ((h, body), event) in seen.status.iter().zip(["stream-started", "stream-stopped"]) {
+        let form = parse_form(body).unwrap();
+        let names: Vec<&str> = form.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "AccountSid",
+                "CallSid",
+                "StreamEvent",
+                "StreamName",
+                "StreamSid",
+                "Timestamp"
+            ]
+        );
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(get("StreamEvent"), event);
+        assert_eq!(get("StreamSid"), report.stream_sid);
+        assert_eq!(get("StreamName"), report.stream_sid);
+        let ts = get("Timestamp");
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "{ts}"
+        );
+        let sig = h["x-twilio-signature"].to_str().unwrap();
+        assert!(validate_signature(
+            TOKEN,
+            "https://bridge.example.com/twilio/stream-status",
+            &form,
+            sig
+        ));
+    }
 }
 
 #[tokio::test]

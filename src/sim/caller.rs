@@ -509,6 +509,21 @@ pub struct CallReport {
     pub close_code: Option<u16>,
     /// Why the call ended.
     pub ended_by: Option<CallEnding>,
+    /// Stream status callbacks sent (`<Stream statusCallback>`, §1.6, §6.6 item 18).
+    pub status_callbacks: Vec<StatusCallbackRecord>,
+}
+
+/// One stream status callback the simulator sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCallbackRecord {
+    /// `stream-started` or `stream-stopped`.
+    pub event: String,
+    /// The URL requested (after any override).
+    pub url: String,
+    /// HTTP status, if a response came.
+    pub status: Option<u16>,
+    /// Transport error, if none came.
+    pub error: Option<String>,
 }
 
 impl CallReport {
@@ -621,6 +636,11 @@ pub struct StreamKnobs {
     pub turn_gap_ms: u64,
     /// Gap between DTMF keys, ms.
     pub dtmf_gap_ms: u64,
+    /// Network bunching (§6.2 item 5): hold the caller's frames from this time (ms since
+    /// open) for `burst_frames` ticks, then deliver them all at once. Timestamps stay nominal.
+    pub burst_at_ms: Option<u64>,
+    /// How many frames a burst holds back.
+    pub burst_frames: u32,
 }
 
 impl Default for StreamKnobs {
@@ -632,6 +652,8 @@ impl Default for StreamKnobs {
             echo_marks_on_hangup: false,
             turn_gap_ms: 300,
             dtmf_gap_ms: 100,
+            burst_at_ms: None,
+            burst_frames: 0,
         }
     }
 }
@@ -670,6 +692,8 @@ pub struct CallerCore {
     last_audio_end_ms: Option<u64>,
     playing_now: bool,
     ended: bool,
+    /// Caller frames held back by a burst knob.
+    held: Vec<Value>,
     rng: rand::rngs::StdRng,
 }
 
@@ -707,6 +731,7 @@ impl CallerCore {
             last_audio_end_ms: None,
             playing_now: false,
             ended: false,
+            held: Vec::new(),
             rng: rand::SeedableRng::from_rng(&mut rand::rng()),
         }
     }
@@ -862,7 +887,18 @@ impl CallerCore {
         self.report.heard.extend_from_slice(&frame);
 
         if now_ms >= self.knobs.start_offset_ms {
-            self.caller_side(now_ms, &mut out);
+            let mut caller = Vec::new();
+            self.caller_side(now_ms, &mut caller);
+            let holding = self.knobs.burst_at_ms.is_some_and(|at| {
+                now_ms >= at && now_ms < at + FRAME_MS * u64::from(self.knobs.burst_frames)
+            });
+            if holding && !self.ended {
+                self.held.extend(caller);
+            } else {
+                // A hang-up ends the burst early: held frames still go out before `stop`.
+                out.append(&mut self.held);
+                out.extend(caller);
+            }
         }
         out
     }
@@ -1291,6 +1327,7 @@ pub struct SimCallerBuilder {
     webhook: Option<String>,
     public_webhook_url: Option<String>,
     connect_override: Option<String>,
+    callback_override: Option<String>,
     auth_token: String,
     from: String,
     to: String,
@@ -1310,6 +1347,7 @@ impl Default for SimCallerBuilder {
             webhook: None,
             public_webhook_url: None,
             connect_override: None,
+            callback_override: None,
             auth_token: DEFAULT_AUTH_TOKEN.to_string(),
             from: "+14155550123".to_string(),
             to: "+15005550006".to_string(),
@@ -1350,6 +1388,12 @@ impl SimCallerBuilder {
     /// keeping its path; the signature still covers the TwiML URL.
     pub fn connect_override(mut self, base: impl Into<String>) -> Self {
         self.connect_override = Some(base.into());
+        self
+    }
+    /// Replace scheme+host+port of `<Stream statusCallback>` URLs (keeping the path); by
+    /// default a callback on the public webhook's host goes to the real webhook's host.
+    pub fn callback_override(mut self, base: impl Into<String>) -> Self {
+        self.callback_override = Some(base.into());
         self
     }
     /// Auth token used for `X-Twilio-Signature`.
@@ -1439,14 +1483,16 @@ async fn run(
     let call_sid = random_sid("CA");
     let stream_sid = random_sid("MZ");
 
-    let (public_url, params, fallback, webhook) = match (&cfg.webhook, &cfg.stream_url) {
-        (Some(hook), _) => {
-            let (ex, params, fallback) = do_webhook(&cfg, hook, &account_sid, &call_sid).await?;
-            (ex.stream_url.clone(), params, fallback, Some(ex))
-        }
-        (None, Some(url)) => (url.clone(), cfg.custom_parameters.clone(), None, None),
-        (None, None) => return Err(SimCallerError::NoTarget),
-    };
+    let (public_url, params, fallback, webhook, twiml_stream) =
+        match (&cfg.webhook, &cfg.stream_url) {
+            (Some(hook), _) => {
+                let (ex, cs) = do_webhook(&cfg, hook, &account_sid, &call_sid).await?;
+                let (params, fallback) = (cs.params.clone(), cs.fallback.clone());
+                (ex.stream_url.clone(), params, fallback, Some(ex), Some(cs))
+            }
+            (None, Some(url)) => (url.clone(), cfg.custom_parameters.clone(), None, None, None),
+            (None, None) => return Err(SimCallerError::NoTarget),
+        };
 
     let (scheme, rest) =
         public_url
@@ -1528,6 +1574,13 @@ async fn run(
     core.report.fallback_twiml = fallback;
     core.report.webhook = webhook;
     core.report.signed_stream_url = signed_url;
+    let status_plan = twiml_stream
+        .as_ref()
+        .and_then(|cs| StatusPlan::new(&cfg, cs, &core.report));
+    // Twilio sends stream-started asynchronously; the stream does not wait for it.
+    let started_cb = status_plan
+        .clone()
+        .map(|plan| tokio::spawn(async move { plan.send("stream-started").await }));
 
     let (mut sink, mut stream) = ws.split();
     let t0 = Instant::now();
@@ -1610,7 +1663,19 @@ async fn run(
             .await;
         }
     }
-    Ok(core.into_report(elapsed_ms()))
+    let end_ms = elapsed_ms();
+    let mut report = core.into_report(end_ms);
+    if let Some(h) = started_cb {
+        if let Ok(rec) = h.await {
+            report.status_callbacks.push(rec);
+        }
+    }
+    if let Some(plan) = status_plan {
+        report
+            .status_callbacks
+            .push(plan.send("stream-stopped").await);
+    }
+    Ok(report)
 }
 
 type WsSink = futures_util::stream::SplitSink<
@@ -1713,7 +1778,7 @@ fn webhook_form(
         .collect()
 }
 
-type WebhookOutcome = (WebhookExchange, BTreeMap<String, String>, Option<String>);
+type WebhookOutcome = (WebhookExchange, ConnectStream);
 
 async fn do_webhook(
     cfg: &SimCallerBuilder,
@@ -1759,24 +1824,178 @@ async fn do_webhook(
             body: short(&twiml),
         });
     }
-    let parsed = read_connect_stream(&twiml).ok_or_else(|| SimCallerError::NoStreamInTwiml {
-        twiml: twiml.chars().take(200).collect(),
-    })?;
-    if let Some(track) = parsed.track.filter(|t| t != "inbound_track") {
+    let mut parsed =
+        read_connect_stream(&twiml).ok_or_else(|| SimCallerError::NoStreamInTwiml {
+            twiml: twiml.chars().take(200).collect(),
+        })?;
+    if let Some(track) = parsed.track.clone().filter(|t| t != "inbound_track") {
         return Err(SimCallerError::BadTrack { track });
+    }
+    // A relative stream URL is resolved against the (public) webhook's host, as wss.
+    if parsed.url.starts_with('/') {
+        let host = signed_url
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .unwrap_or("");
+        parsed.url = format!("wss://{host}{}", parsed.url);
     }
     let exchange = WebhookExchange {
         form,
         signature,
         twiml,
-        stream_url: parsed.url,
+        stream_url: parsed.url.clone(),
     };
-    Ok((exchange, parsed.params, parsed.fallback))
+    Ok((exchange, parsed))
+}
+
+/// Where and how to send `<Stream statusCallback>` requests.
+#[derive(Clone)]
+struct StatusPlan {
+    public_url: String,
+    target: String,
+    method: String,
+    token: String,
+    fields: Vec<(String, String)>,
+}
+
+impl StatusPlan {
+    fn new(cfg: &SimCallerBuilder, cs: &ConnectStream, r: &CallReport) -> Option<Self> {
+        let public_url = cs.status_callback.clone()?;
+        let target = match (
+            &cfg.callback_override,
+            &cfg.public_webhook_url,
+            &cfg.webhook,
+        ) {
+            (Some(base), _, _) => replace_origin(&public_url, base),
+            (None, Some(public_hook), Some(hook))
+                if origin(public_hook).is_some() && origin(public_hook) == origin(&public_url) =>
+            {
+                replace_origin(&public_url, origin(hook).unwrap_or(hook))
+            }
+            _ => public_url.clone(),
+        };
+        let name = cs.name.clone().unwrap_or_else(|| r.stream_sid.clone());
+        let fields = vec![
+            ("AccountSid".to_string(), r.account_sid.clone()),
+            ("CallSid".to_string(), r.call_sid.clone()),
+            ("StreamEvent".to_string(), String::new()),
+            ("StreamName".to_string(), name),
+            ("StreamSid".to_string(), r.stream_sid.clone()),
+            ("Timestamp".to_string(), String::new()),
+        ];
+        Some(Self {
+            public_url,
+            target,
+            method: cs
+                .status_callback_method
+                .clone()
+                .unwrap_or_else(|| "POST".into())
+                .to_ascii_uppercase(),
+            token: cfg.auth_token.clone(),
+            fields,
+        })
+    }
+
+    async fn send(&self, event: &str) -> StatusCallbackRecord {
+        let mut fields = self.fields.clone();
+        for (k, v) in fields.iter_mut() {
+            match k.as_str() {
+                "StreamEvent" => *v = event.to_string(),
+                "Timestamp" => *v = iso8601_utc(std::time::SystemTime::now()),
+                _ => {}
+            }
+        }
+        let encoded = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build();
+        let result = match client {
+            Err(e) => Err(e.to_string()),
+            Ok(client) => {
+                let req = if self.method == "GET" {
+                    // GET: the fields travel in the query string, which is then signed as URL.
+                    let sep = if self.public_url.contains('?') {
+                        '&'
+                    } else {
+                        '?'
+                    };
+                    let signed = format!("{}{sep}{encoded}", self.public_url);
+                    client
+                        .get(format!("{}{sep}{encoded}", self.target))
+                        .header("X-Twilio-Signature", sign(&self.token, &signed, &[]))
+                } else {
+                    client
+                        .post(&self.target)
+                        .header("Content-Type", "application/x-www-form-urlencoded")
+                        .header(
+                            "X-Twilio-Signature",
+                            sign(&self.token, &self.public_url, &fields),
+                        )
+                        .body(encoded)
+                };
+                req.header("User-Agent", "TwilioProxy/1.1")
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        StatusCallbackRecord {
+            event: event.to_string(),
+            url: self.target.clone(),
+            status: result.as_ref().ok().copied(),
+            error: result.err(),
+        }
+    }
+}
+
+/// `scheme://authority` of a URL.
+fn origin(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let auth_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(&url[..scheme.len() + 3 + auth_len])
+}
+
+/// `url` with its scheme+authority replaced by `base`'s.
+fn replace_origin(url: &str, base: &str) -> String {
+    let tail = origin(url).map_or(url, |o| &url[o.len()..]);
+    format!("{}{tail}", base.trim_end_matches('/'))
+}
+
+/// ISO 8601 UTC with milliseconds, e.g. `2026-09-01T12:00:01.123Z` (§1.6).
+fn iso8601_utc(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        d.subsec_millis()
+    )
 }
 
 struct ConnectStream {
     url: String,
     track: Option<String>,
+    name: Option<String>,
+    status_callback: Option<String>,
+    status_callback_method: Option<String>,
     params: BTreeMap<String, String>,
     fallback: Option<String>,
 }
@@ -1913,6 +2132,9 @@ fn read_connect_stream(twiml: &str) -> Option<ConnectStream> {
     Some(ConnectStream {
         url,
         track: stream.attrs.get("track").cloned(),
+        name: stream.attrs.get("name").cloned(),
+        status_callback: stream.attrs.get("statusCallback").cloned(),
+        status_callback_method: stream.attrs.get("statusCallbackMethod").cloned(),
         params,
         fallback,
     })
@@ -2322,6 +2544,65 @@ mod tests {
         }
         let played = c.report().heard.iter().filter(|&&b| b != 0xFF).count();
         assert_eq!(played, 1000);
+    }
+
+    #[test]
+    fn iso_timestamps_and_origins() {
+        let at = |days: u64, secs: u64, ms: u64| {
+            std::time::UNIX_EPOCH + Duration::from_millis((days * 86_400 + secs) * 1000 + ms)
+        };
+        assert_eq!(iso8601_utc(at(0, 0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso8601_utc(at(20_697, 43_201, 123)),
+            "2026-09-01T12:00:01.123Z"
+        );
+        assert_eq!(
+            iso8601_utc(at(11_016, 86_399, 999)),
+            "2000-02-29T23:59:59.999Z"
+        );
+        assert_eq!(
+            origin("https://h.example:8443/a?b"),
+            Some("https://h.example:8443")
+        );
+        assert_eq!(
+            replace_origin(
+                "https://bridge.example.com/twilio/stream-status",
+                "http://127.0.0.1:9/"
+            ),
+            "http://127.0.0.1:9/twilio/stream-status"
+        );
+    }
+
+    #[test]
+    fn burst_knob_holds_then_delivers_frames_at_once() {
+        let knobs = StreamKnobs {
+            burst_at_ms: Some(215),
+            burst_frames: 5,
+            ..StreamKnobs::default()
+        };
+        let mut c = CallerCore::new(
+            knobs,
+            Script::new().silence(10_000),
+            "AC1".into(),
+            "CA1".into(),
+            "MZ1".into(),
+            BTreeMap::new(),
+        );
+        c.opening();
+        let per_tick: Vec<Vec<Value>> = (0..14).map(|k| c.on_tick(c.tick_time(k))).collect();
+        let counts: Vec<usize> = per_tick.iter().map(Vec::len).collect();
+        // Ticks 0..7 are before the first frame (155 ms); chunks 1-3 flow, 4-8 are held,
+        // tick 15 (315 ms) delivers 4-9 together.
+        assert_eq!(counts, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0]);
+        let more = c.on_tick(c.tick_time(14));
+        assert_eq!(more.len(), 0, "{more:?}");
+        let flush = c.on_tick(c.tick_time(15));
+        let chunks: Vec<&str> = flush
+            .iter()
+            .map(|m| m["media"]["chunk"].as_str().unwrap())
+            .collect();
+        assert_eq!(chunks, ["4", "5", "6", "7", "8", "9"]);
+        assert_eq!(flush[0]["media"]["timestamp"], "215");
     }
 
     #[test]
