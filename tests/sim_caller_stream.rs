@@ -702,3 +702,62 @@ async fn barge_in_script_speaks_while_the_agent_is_talking() {
         "clear cut the agent off after {heard} bytes"
     );
 }
+
+#[tokio::test]
+async fn cli_places_a_call_and_writes_the_heard_wav() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        call: callbridge::sim::caller::CallArgs,
+    }
+    let (url, bridge) = fake_bridge(|mut ws| async move {
+        let sid = read_opening(&mut ws).await;
+        ws.send(media_msg(&sid, &[0x12; 1600])).await.unwrap(); // a 200 ms "greeting"
+        let mut said = 0usize;
+        while let Some(m) = next_json(&mut ws).await {
+            if m["event"] == "media" {
+                let p = base64::engine::general_purpose::STANDARD
+                    .decode(m["media"]["payload"].as_str().unwrap())
+                    .unwrap();
+                said += p.iter().filter(|&&b| b != 0xFF).count();
+            }
+        }
+        said
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("sim-caller-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("heard.wav");
+    let cli = Cli::parse_from([
+        "call",
+        "--url",
+        &url,
+        "--wav",
+        "assets/caller_bye.mulaw8k.wav",
+        "--quiet-ms",
+        "200",
+        "--max-seconds",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    callbridge::sim::caller::run_cli(cli.call).await.unwrap();
+    let (_, _, said) = bridge.await.unwrap();
+    assert!(
+        said > 8000,
+        "the caller said its wav after the greeting ({said} bytes)"
+    );
+    let wav = std::fs::read(&out).unwrap();
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(
+        u16::from_le_bytes([wav[20], wav[21]]),
+        7,
+        "mu-law format tag"
+    );
+    assert!(wav.windows(4).any(|w| w == b"fact"));
+    // RIFF 12 + fmt 26 + fact 12 + data header 8 = 58 bytes of header.
+    assert_eq!(wav[58..].iter().filter(|&&b| b == 0x12).count(), 1600);
+    assert_eq!(wav.len() - 58, 4 * 8000, "4 s of real-time heard audio");
+    let _ = std::fs::remove_dir_all(&dir);
+}

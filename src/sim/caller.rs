@@ -755,6 +755,9 @@ impl CallerCore {
     /// Finish and take the report.
     pub fn into_report(mut self, now_ms: u64) -> CallReport {
         self.end_turn(now_ms, false);
+        // Turn ends are logged when the gap is detected, with the earlier time of the audio's
+        // end; a stable sort puts them in place without reordering same-time events.
+        self.report.timeline.sort_by_key(|e| e.at_ms);
         self.report
     }
 
