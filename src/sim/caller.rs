@@ -641,6 +641,9 @@ pub struct StreamKnobs {
     pub burst_at_ms: Option<u64>,
     /// How many frames a burst holds back.
     pub burst_frames: u32,
+    /// Also play each DTMF key as its dual tone into the inbound audio for this long, ms
+    /// (0 = off, the default: whether Twilio's `media` carries the tone is unverified [U]).
+    pub dtmf_inband_ms: u64,
 }
 
 impl Default for StreamKnobs {
@@ -654,6 +657,7 @@ impl Default for StreamKnobs {
             dtmf_gap_ms: 100,
             burst_at_ms: None,
             burst_frames: 0,
+            dtmf_inband_ms: 0,
         }
     }
 }
@@ -694,6 +698,8 @@ pub struct CallerCore {
     ended: bool,
     /// Caller frames held back by a burst knob.
     held: Vec<Value>,
+    /// In-band DTMF tone being played: (key, samples done, samples total).
+    tone: Option<(char, u64, u64)>,
     rng: rand::rngs::StdRng,
 }
 
@@ -732,6 +738,7 @@ impl CallerCore {
             playing_now: false,
             ended: false,
             held: Vec::new(),
+            tone: None,
             rng: rand::SeedableRng::from_rng(&mut rand::rng()),
         }
     }
@@ -1038,6 +1045,19 @@ impl CallerCore {
         }
         let mut payload = audio.unwrap_or_default();
         payload.resize(FRAME_BYTES, ULAW_SILENCE);
+        if let (Some(d), true) = (dtmf, self.knobs.dtmf_inband_ms > 0) {
+            self.tone = Some((d, 0, self.knobs.dtmf_inband_ms * 8));
+        }
+        if let Some((key, done, total)) = self.tone {
+            for (i, b) in payload.iter_mut().enumerate() {
+                let n = done + i as u64;
+                if n < total {
+                    *b = ulaw_encode(dtmf_tone_sample(key, n));
+                }
+            }
+            let done = done + FRAME_BYTES as u64;
+            self.tone = (done < total).then_some((key, done, total));
+        }
         out.push(self.media_message(&payload));
         if let Some(digit) = dtmf {
             let seq = self.next_seq();
@@ -2147,6 +2167,35 @@ fn read_connect_stream(twiml: &str) -> Option<ConnectStream> {
 // WAV and μ-law (local on purpose: independent of crate::audio)
 // ---------------------------------------------------------------------------------------
 
+/// Sample `n` (at 8 kHz) of the dual tone for a DTMF key, each tone at -9 dBFS peak.
+fn dtmf_tone_sample(key: char, n: u64) -> i16 {
+    const ROWS: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
+    const COLS: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+    let (r, c) = match key {
+        '1' => (0, 0),
+        '2' => (0, 1),
+        '3' => (0, 2),
+        'A' => (0, 3),
+        '4' => (1, 0),
+        '5' => (1, 1),
+        '6' => (1, 2),
+        'B' => (1, 3),
+        '7' => (2, 0),
+        '8' => (2, 1),
+        '9' => (2, 2),
+        'C' => (2, 3),
+        '*' => (3, 0),
+        '0' => (3, 1),
+        '#' => (3, 2),
+        'D' => (3, 3),
+        _ => return 0,
+    };
+    let t = n as f64 / 8000.0;
+    let tau = std::f64::consts::TAU;
+    let v = 0.35 * ((tau * ROWS[r] * t).sin() + (tau * COLS[c] * t).sin());
+    (v * 32767.0) as i16
+}
+
 /// G.711 μ-law encode of one 16-bit sample (Sun/ITU style: bias 0x84, clip 32635).
 pub fn ulaw_encode(sample: i16) -> u8 {
     let x = i32::from(sample);
@@ -2547,6 +2596,47 @@ mod tests {
         }
         let played = c.report().heard.iter().filter(|&&b| b != 0xFF).count();
         assert_eq!(played, 1000);
+    }
+
+    #[test]
+    fn inband_dtmf_tone_has_both_frequencies() {
+        let knobs = StreamKnobs {
+            dtmf_inband_ms: 100,
+            ..StreamKnobs::default()
+        };
+        let mut c = CallerCore::new(
+            knobs,
+            Script::new().dtmf("5").silence(1000),
+            "AC1".into(),
+            "CA1".into(),
+            "MZ1".into(),
+            BTreeMap::new(),
+        );
+        c.opening();
+        for k in 0..20 {
+            c.on_tick(c.tick_time(k));
+        }
+        let sent = &c.report().sent;
+        let tone: Vec<f64> = sent[..800]
+            .iter()
+            .map(|&b| f64::from(ulaw_decode(b)))
+            .collect();
+        assert!(
+            sent[800..].iter().all(|&b| b == ULAW_SILENCE),
+            "tone lasts 100 ms"
+        );
+        // Goertzel-style correlation: strong at 770 and 1336 Hz ('5'), weak at 697/1209.
+        let power = |f: f64| {
+            let (mut re, mut im) = (0.0, 0.0);
+            for (n, x) in tone.iter().enumerate() {
+                let w = std::f64::consts::TAU * f * n as f64 / 8000.0;
+                re += x * w.cos();
+                im += x * w.sin();
+            }
+            (re * re + im * im).sqrt()
+        };
+        assert!(power(770.0) > 10.0 * power(697.0));
+        assert!(power(1336.0) > 10.0 * power(1209.0));
     }
 
     #[test]
