@@ -200,7 +200,7 @@ pub enum Step {
         /// Give up (timeline warning) after this long, ms.
         timeout_ms: u64,
     },
-    /// Press keys, one `dtmf` message per key, [`SimCallerBuilder::dtmf_gap_ms`] apart.
+    /// Press keys, one `dtmf` message per key, [`StreamKnobs::dtmf_gap_ms`] apart.
     Dtmf {
         /// Keys: `0-9`, `*`, `#`.
         digits: String,
@@ -630,7 +630,7 @@ pub struct StreamKnobs {
     pub timestamp_jitter_ms: u64,
     /// Outbound queue cap, bytes (31931 beyond).
     pub queue_limit_bytes: usize,
-    /// Echo pending marks (as unplayed) when the caller hangs up [U]; default false.
+    /// Echo pending marks (as unplayed) when the caller hangs up (unverified for Twilio); default false.
     pub echo_marks_on_hangup: bool,
     /// Silence that ends an agent turn in the timeline, ms.
     pub turn_gap_ms: u64,
@@ -642,7 +642,7 @@ pub struct StreamKnobs {
     /// How many frames a burst holds back.
     pub burst_frames: u32,
     /// Also play each DTMF key as its dual tone into the inbound audio for this long, ms
-    /// (0 = off, the default: whether Twilio's `media` carries the tone is unverified [U]).
+    /// (0 = off, the default: whether Twilio's `media` carries the tone is unverified).
     pub dtmf_inband_ms: u64,
 }
 
