@@ -210,14 +210,27 @@ pub enum Step {
 }
 
 /// What the simulated person does, in order. When the steps run out the caller hangs up.
+///
+/// Built in code (`Script::new().wait_for_agent(800, 15_000).say_wav(p)?.hang_up()`) or
+/// loaded with [`Script::from_file`] from TOML (or JSON with the same shape):
+///
+/// ```toml
+/// steps = [
+///   { wait_for_agent = { quiet_ms = 800, timeout_ms = 15000 } },  # hear the greeting
+///   { say = "caller_hello.mulaw8k.wav" },                          # relative to this file
+///   { wait_for_agent_audio = { timeout_ms = 10000 } },             # agent starts answering…
+///   { silence_ms = 500 },
+///   { say = "caller_bye.mulaw8k.wav" },                            # …and gets interrupted
+///   { dtmf = "12#" },
+///   "hang_up",
+/// ]
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Script {
     steps: Vec<Step>,
 }
 
-/// The on-disk script format (TOML or JSON), e.g. in TOML:
-/// `steps = [{ wait_for_agent = { quiet_ms = 800, timeout_ms = 15000 } }, { say = "hello.wav" },
-/// { silence_ms = 500 }, { dtmf = "12#" }, "hang_up"]`. WAV paths are relative to the script.
+/// The on-disk script format (see [`Script`]). WAV paths are relative to the script file.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScriptFile {
@@ -292,7 +305,7 @@ impl Script {
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }
-    /// Load a script from a `.toml` or `.json` file (see the format on [`Script`]'s source).
+    /// Load a script from a `.toml` or `.json` file (format on [`Script`]).
     pub fn from_file(path: &Path) -> Result<Self, SimCallerError> {
         let err = |detail: String| SimCallerError::Script {
             path: path.display().to_string(),
@@ -2828,6 +2841,27 @@ mod tests {
         let s = Script::from_file(&dir.join("s.toml")).unwrap();
         assert_eq!(s.steps().len(), 6);
         assert!(matches!(&s.steps()[1], Step::Say { audio, .. } if audio[..] == [1, 2, 3]));
+        // The example from Script's docs.
+        std::fs::write(
+            dir.join("doc.toml"),
+            r#"steps = [
+  { wait_for_agent = { quiet_ms = 800, timeout_ms = 15000 } },  # hear the greeting
+  { say = "a.wav" },                          # relative to this file
+  { wait_for_agent_audio = { timeout_ms = 10000 } },             # agent starts answering…
+  { silence_ms = 500 },
+  { say = "a.wav" },                            # …and gets interrupted
+  { dtmf = "12#" },
+  "hang_up",
+]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Script::from_file(&dir.join("doc.toml"))
+                .unwrap()
+                .steps()
+                .len(),
+            7
+        );
         std::fs::write(dir.join("s.json"), r#"{"steps":[{"dtmf":"9"},"hang_up"]}"#).unwrap();
         assert_eq!(
             Script::from_file(&dir.join("s.json"))
