@@ -181,12 +181,13 @@ impl Default for GeminiConfig {
             model: DEFAULT_MODEL.into(),
             voice: "Kore".into(),
             language: "en-US".into(),
-            system_instruction: "You are a friendly, concise phone agent. Speak in short sentences. \
+            system_instruction:
+                "You are a friendly, concise phone agent. Speak in short sentences. \
                 When the caller is done, say goodbye and call end_call."
-                .into(),
+                    .into(),
             greeting: true,
-            greeting_instruction: "A caller has just connected. Greet them briefly and ask how you can help."
-                .into(),
+            greeting_instruction:
+                "A caller has just connected. Greet them briefly and ask how you can help.".into(),
             input_transcription: true,
             output_transcription: true,
             session_resumption: true,
@@ -394,7 +395,8 @@ impl Config {
                 .strip_prefix("https://")
                 .or_else(|| u.strip_prefix("http://"))
                 .ok_or_else(|| invalid("server.public_url", u, "expected https://host[:port]"))?;
-            if rest.is_empty() || rest.starts_with('/') || rest.contains('?') || rest.contains('#') {
+            if rest.is_empty() || rest.starts_with('/') || rest.contains('?') || rest.contains('#')
+            {
                 return Err(invalid(
                     "server.public_url",
                     u,
@@ -404,7 +406,11 @@ impl Config {
         }
         let g = &self.gemini;
         if !(g.url.starts_with("wss://") || g.url.starts_with("ws://")) {
-            return Err(invalid("gemini.url", &g.url, "expected a ws:// or wss:// URL"));
+            return Err(invalid(
+                "gemini.url",
+                &g.url,
+                "expected a ws:// or wss:// URL",
+            ));
         }
         if !matches!(g.auth.as_str(), "api_key" | "ephemeral_token") {
             return Err(invalid(
@@ -521,7 +527,11 @@ impl Config {
         }
         let l = &self.limits;
         if l.max_calls == 0 {
-            return Err(invalid("limits.max_calls", l.max_calls, "expected at least 1"));
+            return Err(invalid(
+                "limits.max_calls",
+                l.max_calls,
+                "expected at least 1",
+            ));
         }
         if l.max_message_bytes < 4096 || l.max_message_bytes > 16 * 1024 * 1024 {
             return Err(invalid(
@@ -552,7 +562,11 @@ impl Config {
         }
         for (name, d) in &self.transfer.destinations {
             let key = format!("transfer.destinations.{name}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(invalid(&key, name, "names use letters, digits, _ and -"));
             }
             if !is_e164(&d.target) && !d.target.starts_with("sip:") {

@@ -126,7 +126,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     println!("callbridge demo — everything runs on this machine, no account needed");
     println!("  Gemini Live simulator  {}", sim.url());
     println!("  fake Twilio REST API   {}", rest.base_url());
-    println!("  bridge                 http://{addr}  (webhook /twilio/voice, stream /twilio/media)");
+    println!(
+        "  bridge                 http://{addr}  (webhook /twilio/voice, stream /twilio/media)"
+    );
     println!();
 
     let hello = crate::audio::wav::read_wav(include_bytes!("../assets/caller_hello.mulaw8k.wav"))
@@ -178,12 +180,20 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .write_heard_wav(&args.out)
         .map_err(|e| DemoError::Call(e.to_string()))?;
     println!();
-    println!("what the caller heard: {} ({:.1} s)", args.out.display(), report.heard.len() as f64 / 8000.0);
+    println!(
+        "what the caller heard: {} ({:.1} s)",
+        args.out.display(),
+        report.heard.len() as f64 / 8000.0
+    );
 
     let hangups: Vec<_> = rest
         .requests()
         .into_iter()
-        .filter(|r| r.fields.iter().any(|(k, v)| k == "Status" && v == "completed"))
+        .filter(|r| {
+            r.fields
+                .iter()
+                .any(|(k, v)| k == "Status" && v == "completed")
+        })
         .collect();
     let ended = notes.iter().find_map(|n| match &n.event {
         CallEvent::Ended(why) => Some(why.clone()),
@@ -217,23 +227,38 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
     for n in notes {
         let at = n.at.saturating_duration_since(t0).as_millis() as u64;
         let line = match &n.event {
-            CallEvent::Started { .. } => "bridge  stream started; opening the model session".to_string(),
+            CallEvent::Started { .. } => {
+                "bridge  stream started; opening the model session".to_string()
+            }
             CallEvent::ModelReady { setup_ms } => {
                 format!("bridge  model session ready ({setup_ms} ms); asking the agent to greet")
             }
-            CallEvent::AgentSpeaking { turn } => format!("bridge  agent turn {turn}: first audio sent to the caller"),
-            CallEvent::AgentTurnHeard { turn, heard_ms } => {
-                format!("bridge  agent turn {turn}: caller heard all {heard_ms} ms (final mark played)")
+            CallEvent::AgentSpeaking { turn } => {
+                format!("bridge  agent turn {turn}: first audio sent to the caller")
             }
-            CallEvent::Interrupted { turn, heard_ms, sent_ms } => {
+            CallEvent::AgentTurnHeard { turn, heard_ms } => {
+                format!(
+                    "bridge  agent turn {turn}: caller heard all {heard_ms} ms (final mark played)"
+                )
+            }
+            CallEvent::Interrupted {
+                turn,
+                heard_ms,
+                sent_ms,
+            } => {
                 format!("bridge  barge-in during turn {turn}: heard {heard_ms} of {sent_ms} ms sent; clear sent")
             }
             CallEvent::ToolCall { name, args, .. } => format!("bridge  tool call {name}({args})"),
             CallEvent::ToolResult { name, ok, .. } => {
-                format!("bridge  tool {name} answered ({})", if *ok { "ok" } else { "error" })
+                format!(
+                    "bridge  tool {name} answered ({})",
+                    if *ok { "ok" } else { "error" }
+                )
             }
             CallEvent::Dtmf(d) => format!("bridge  caller keys {d} sent to the model"),
-            CallEvent::GoAway { time_left_ms } => format!("bridge  model goAway, {time_left_ms:?} ms left"),
+            CallEvent::GoAway { time_left_ms } => {
+                format!("bridge  model goAway, {time_left_ms:?} ms left")
+            }
             CallEvent::Usage(u) => format!(
                 "bridge  tokens: prompt {} response {}",
                 u.prompt_token_count, u.response_token_count
@@ -254,7 +279,11 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
             agent_text.clear();
         }
         if matches!(n.event, CallEvent::AgentSpeaking { .. }) && !caller_text.is_empty() {
-            lines.push((at, 0, format!("caller  \"{}\" (model's transcript)", caller_text.trim())));
+            lines.push((
+                at,
+                0,
+                format!("caller  \"{}\" (model's transcript)", caller_text.trim()),
+            ));
             caller_text.clear();
         }
         lines.push((at, 2, line));
@@ -275,15 +304,23 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
                 ),
                 None => format!("caller  hears agent turn {turn}"),
             },
-            TimelineEvent::AgentAudioEnd { turn, played_ms, interrupted } => format!(
+            TimelineEvent::AgentAudioEnd {
+                turn,
+                played_ms,
+                interrupted,
+            } => format!(
                 "caller  agent turn {turn} ends after {played_ms} ms{}",
                 if *interrupted { " (cut by clear)" } else { "" }
             ),
             TimelineEvent::ClearReceived { dropped_ms, .. } => {
                 format!("caller  clear: {dropped_ms} ms of queued audio dropped")
             }
-            TimelineEvent::HungUp { reason } => format!("twilio  call completed ({reason:?}): stop sent"),
-            TimelineEvent::BridgeClosed { code } => format!("twilio  bridge closed the stream ({code:?})"),
+            TimelineEvent::HungUp { reason } => {
+                format!("twilio  call completed ({reason:?}): stop sent")
+            }
+            TimelineEvent::BridgeClosed { code } => {
+                format!("twilio  bridge closed the stream ({code:?})")
+            }
             TimelineEvent::Warning { code, detail } => format!("twilio  warning {code}: {detail}"),
             TimelineEvent::WaitTimedOut { step } => format!("caller  gave up waiting ({step})"),
             _ => continue,

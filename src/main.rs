@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "callbridge", version, about = "Puts the Gemini Live voice model on the phone")]
+#[command(
+    name = "callbridge",
+    version,
+    about = "Puts the Gemini Live voice model on the phone"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,12 +41,18 @@ enum Command {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("callbridge: cannot start the runtime: {e}");
@@ -53,7 +63,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => {
                 init_logging("info");
-                callbridge::run::serve(config.as_deref()).await.map_err(|e| e.to_string())
+                callbridge::run::serve(config.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Command::CheckConfig { config } => {
                 let env = |k: &str| std::env::var(k).ok();
@@ -67,11 +79,15 @@ fn main() -> ExitCode {
             }
             Command::Call(args) => {
                 init_logging("warn");
-                callbridge::sim::caller::run_cli(args).await.map_err(|e| e.to_string())
+                callbridge::sim::caller::run_cli(args)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Command::SimulateGemini(args) => {
                 init_logging("info");
-                callbridge::sim::gemini::run_cli(args).await.map_err(|e| e.to_string())
+                callbridge::sim::gemini::run_cli(args)
+                    .await
+                    .map_err(|e| e.to_string())
             }
         }
     });

@@ -38,14 +38,20 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     let addr = config.server.listen.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
-        .map_err(|source| RunError::Bind { addr: addr.clone(), source })?;
+        .map_err(|source| RunError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
     let control = crate::twilio::rest::control_from_config(&config);
     let state = AppState::new(config, control);
     tracing::info!(addr = %listener.local_addr()?, model = %state.config.gemini.model, "callbridge listening");
     let st = state.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!(live_calls = st.calls.len(), "shutting down: refusing new calls");
+        tracing::info!(
+            live_calls = st.calls.len(),
+            "shutting down: refusing new calls"
+        );
         st.shutdown.cancel();
     });
     server::serve(state, listener).await?;

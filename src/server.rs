@@ -121,7 +121,11 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `POST /twilio/voice`: answers with `<Connect><Stream>` to our media endpoint.
-async fn voice_webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
+async fn voice_webhook(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let form = match webhook::parse_form(&body) {
         Ok(f) => f,
         Err(e) => {
@@ -143,8 +147,14 @@ async fn voice_webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, b
         None => match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
             Some(host) => format!("wss://{host}/twilio/media"),
             None => {
-                tracing::warn!("no server.public_url and no Host header: cannot build the stream URL");
-                return (StatusCode::INTERNAL_SERVER_ERROR, "no public URL configured\n").into_response();
+                tracing::warn!(
+                    "no server.public_url and no Host header: cannot build the stream URL"
+                );
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no public URL configured\n",
+                )
+                    .into_response();
             }
         },
     };
@@ -172,7 +182,10 @@ async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) 
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     if state.calls.len() >= state.config.limits.max_calls {
-        tracing::warn!(max = state.config.limits.max_calls, "call refused: at the concurrent call limit");
+        tracing::warn!(
+            max = state.config.limits.max_calls,
+            "call refused: at the concurrent call limit"
+        );
         return (StatusCode::SERVICE_UNAVAILABLE, "at capacity\n").into_response();
     }
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +196,12 @@ async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) 
         .on_failed_upgrade(|e| tracing::warn!(error = %e, "media WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let state = st;
-            state.calls.insert(conn, LiveCall { since: SystemTime::now() });
+            state.calls.insert(
+                conn,
+                LiveCall {
+                    since: SystemTime::now(),
+                },
+            );
             let ctx = CallContext {
                 conn,
                 settings: state.settings.clone(),
@@ -194,15 +212,27 @@ async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) 
                 control: state.control.clone(),
                 shutdown: state.shutdown.clone(),
             };
-            let span = tracing::info_span!("call", conn, call_sid = tracing::field::Empty, stream_sid = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "call",
+                conn,
+                call_sid = tracing::field::Empty,
+                stream_sid = tracing::field::Empty
+            );
             let started = Instant::now();
             let task = state.tracker.spawn(
                 async move {
                     // A panic inside one call must end only that call.
-                    let result = tokio::spawn(driver::run_call(socket, ctx).in_current_span()).await;
+                    let result =
+                        tokio::spawn(driver::run_call(socket, ctx).in_current_span()).await;
                     match result {
-                        Ok(why) => tracing::debug!(reason = why.as_str(), secs = started.elapsed().as_secs_f32(), "call task done"),
-                        Err(e) => tracing::error!(error = %e, "call task panicked; only this call ended"),
+                        Ok(why) => tracing::debug!(
+                            reason = why.as_str(),
+                            secs = started.elapsed().as_secs_f32(),
+                            "call task done"
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "call task panicked; only this call ended")
+                        }
                     }
                 }
                 .instrument(span),

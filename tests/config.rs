@@ -25,7 +25,11 @@ fn load_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
     if let toml::Value::Table(t) = v {
         for (k, v) in t {
-            let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let p = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             out.push(p.clone());
             keys(v, &p, out);
         }
@@ -43,7 +47,10 @@ fn documented_file_lists_every_key_with_its_default() {
     keys(&defaults, "", &mut b);
     a.sort();
     b.sort();
-    assert_eq!(a, b, "configs/callbridge.toml must document exactly the schema's keys");
+    assert_eq!(
+        a, b,
+        "configs/callbridge.toml must document exactly the schema's keys"
+    );
     assert_eq!(file, defaults, "documented values must be the defaults");
     let none = |_: &str| None;
     Config::load(Some(&path), &none).expect("documented file is valid");
@@ -72,19 +79,28 @@ fn environment_overrides_use_the_documented_names() {
             ("CALLBRIDGE_GEMINI_URL", "ws://127.0.0.1:7000/ws/x"),
             ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
             ("TWILIO_AUTH_TOKEN", "twilio-secret-token"),
-            ("CALLBRIDGE_TWILIO_API_BASE", "https://api.dublin.ie1.twilio.com"),
+            (
+                "CALLBRIDGE_TWILIO_API_BASE",
+                "https://api.dublin.ie1.twilio.com",
+            ),
         ],
     )
     .unwrap();
     assert_eq!(cfg.server.listen, "127.0.0.1:9999");
-    assert_eq!(cfg.stream_url().unwrap(), "wss://bridge.example.com/twilio/media");
+    assert_eq!(
+        cfg.stream_url().unwrap(),
+        "wss://bridge.example.com/twilio/media"
+    );
     assert_eq!(cfg.gemini.api_key.expose(), "AIza-secret-key");
     assert_eq!(cfg.gemini.url, "ws://127.0.0.1:7000/ws/x");
     assert_eq!(cfg.twilio.account_sid, "AC0123456789abcdef0123456789abcdef");
     assert_eq!(cfg.twilio.auth_token.expose(), "twilio-secret-token");
     assert_eq!(cfg.twilio.api_base, "https://api.dublin.ie1.twilio.com");
     let debug = format!("{cfg:?}");
-    assert!(!debug.contains("AIza-secret-key") && !debug.contains("twilio-secret-token"), "{debug}");
+    assert!(
+        !debug.contains("AIza-secret-key") && !debug.contains("twilio-secret-token"),
+        "{debug}"
+    );
     assert!(debug.contains("[redacted]"));
 }
 
@@ -100,15 +116,31 @@ fn secrets_cannot_come_from_the_file() {
 fn invalid_values_name_the_key_and_value() {
     let cases = [
         ("[server]\nlisten = \"nope\"", "server.listen", "nope"),
-        ("[server]\npublic_url = \"ftp://x\"", "server.public_url", "ftp://x"),
+        (
+            "[server]\npublic_url = \"ftp://x\"",
+            "server.public_url",
+            "ftp://x",
+        ),
         ("[gemini]\nvoice = \"kore\"", "gemini.voice", "kore"),
         ("[gemini]\nurl = \"https://x\"", "gemini.url", "https://x"),
         ("[gemini]\nauth = \"oauth\"", "gemini.auth", "oauth"),
-        ("[gemini.vad]\nstart_sensitivity = \"medium\"", "gemini.vad.start_sensitivity", "medium"),
+        (
+            "[gemini.vad]\nstart_sensitivity = \"medium\"",
+            "gemini.vad.start_sensitivity",
+            "medium",
+        ),
         ("[playout]\nlead_ms = 30", "playout.lead_ms", "30"),
         ("[limits]\nmax_calls = 0", "limits.max_calls", "0"),
-        ("[twilio]\naccount_sid = \"AC123\"", "twilio.account_sid", "AC123"),
-        ("[twilio]\nfallback_twiml = \"<Say>unclosed\"", "twilio.fallback_twiml", "unclosed"),
+        (
+            "[twilio]\naccount_sid = \"AC123\"",
+            "twilio.account_sid",
+            "AC123",
+        ),
+        (
+            "[twilio]\nfallback_twiml = \"<Say>unclosed\"",
+            "twilio.fallback_twiml",
+            "unclosed",
+        ),
         (
             "[transfer.destinations.billing]\ntarget = \"555-1234\"\ndescription = \"b\"",
             "transfer.destinations.billing.target",
@@ -117,8 +149,13 @@ fn invalid_values_name_the_key_and_value() {
     ];
     for (text, key, value) in cases {
         let err = load_with(text, &[]).unwrap_err().to_string();
-        assert!(err.contains(key) && err.contains(value), "{text:?} -> {err}");
+        assert!(
+            err.contains(key) && err.contains(value),
+            "{text:?} -> {err}"
+        );
     }
-    let err = load_with("[gemini]\nmodle = \"x\"", &[]).unwrap_err().to_string();
+    let err = load_with("[gemini]\nmodle = \"x\"", &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("modle"), "unknown keys are named: {err}");
 }

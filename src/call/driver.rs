@@ -17,7 +17,9 @@ use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message as ModelMessage;
 use tokio_util::sync::CancellationToken;
 
-use super::machine::{Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut, Output};
+use super::machine::{
+    Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut, Output,
+};
 use crate::gemini::connect::{self, ConnectError, Credential, ModelSocket};
 use crate::gemini::{setup, wire as gwire};
 use crate::twilio::wire as twire;
@@ -266,7 +268,10 @@ fn caller_input<E: std::fmt::Display>(
         Some(Ok(Message::Binary(b))) => {
             if !*warned_binary {
                 *warned_binary = true;
-                tracing::warn!(bytes = b.len(), "binary frame on the caller leg ignored (Twilio sends text)");
+                tracing::warn!(
+                    bytes = b.len(),
+                    "binary frame on the caller leg ignored (Twilio sends text)"
+                );
             }
             Vec::new()
         }
@@ -280,7 +285,9 @@ async fn execute(ctx: &CallContext, action: CallAction) {
         CallAction::HangUp { call_sid } => match &ctx.control {
             Some(control) => match control.hang_up(&call_sid).await {
                 Ok(()) => tracing::info!("call hung up through the provider's API"),
-                Err(e) => tracing::warn!(error = %e, "hang-up through the provider's API failed; closing the stream"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "hang-up through the provider's API failed; closing the stream")
+                }
             },
             None => tracing::info!("no call control configured; ending the stream to hang up"),
         },

@@ -65,9 +65,10 @@ impl CallSettings {
         let g = &cfg.gemini;
         let mut tools = vec![FunctionDeclaration {
             name: "end_call".into(),
-            description: "Hang up the phone call. Call this after you have said goodbye to the caller; \
+            description:
+                "Hang up the phone call. Call this after you have said goodbye to the caller; \
                 the call ends once the caller has heard your last words."
-                .into(),
+                    .into(),
             parameters: Some(json!({
                 "type": "OBJECT",
                 "properties": {"reason": {"type": "STRING", "description": "Why the call is ending."}}
@@ -514,9 +515,10 @@ impl Call {
         };
         match self.phase {
             Phase::AwaitingStart => consider(Some(self.created + self.settings.start_timeout)),
-            Phase::Connecting | Phase::SettingUp => {
-                consider(self.connect_requested.map(|c| c + self.settings.setup_timeout))
-            }
+            Phase::Connecting | Phase::SettingUp => consider(
+                self.connect_requested
+                    .map(|c| c + self.settings.setup_timeout),
+            ),
             _ => {}
         }
         consider(Some(self.created + self.settings.max_call));
@@ -584,7 +586,10 @@ impl Call {
                     tracing::warn!("second start message on one stream ignored");
                     return;
                 }
-                if start.encoding != "audio/x-mulaw" || start.sample_rate != 8000 || start.channels != 1 {
+                if start.encoding != "audio/x-mulaw"
+                    || start.sample_rate != 8000
+                    || start.channels != 1
+                {
                     let what = format!(
                         "{} at {} Hz, {} channel(s)",
                         start.encoding, start.sample_rate, start.channels
@@ -742,7 +747,10 @@ impl Call {
 
     fn on_tool_call(&mut self, call: FunctionCall, now: Instant) {
         if !self.answered_tools.insert(call.id.clone()) {
-            tracing::warn!(id = call.id, "duplicate tool call id ignored (already answered)");
+            tracing::warn!(
+                id = call.id,
+                "duplicate tool call id ignored (already answered)"
+            );
             return;
         }
         self.outputs.push_back(Output::Event(CallEvent::ToolCall {
@@ -756,22 +764,38 @@ impl Call {
                     deadline: now + self.settings.end_call_grace,
                     model_done: false,
                 });
-                Ok(json!({"result": "ok", "note": "The call ends once the caller has heard your goodbye."}))
+                Ok(
+                    json!({"result": "ok", "note": "The call ends once the caller has heard your goodbye."}),
+                )
             }
             "transfer_call" => {
-                let dest = call.args.get("destination").and_then(|v| v.as_str()).unwrap_or("");
+                let dest = call
+                    .args
+                    .get("destination")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
                 if self.settings.transfer_destinations.is_empty() {
                     Err("transfers are not configured on this line".to_string())
-                } else if !self.settings.transfer_destinations.iter().any(|d| d == dest) {
+                } else if !self
+                    .settings
+                    .transfer_destinations
+                    .iter()
+                    .any(|d| d == dest)
+                {
                     Err(format!(
                         "unknown destination {dest:?}; choose one of: {}",
                         self.settings.transfer_destinations.join(", ")
                     ))
                 } else {
-                    Err("transfers are not available yet; offer to help the caller yourself".to_string())
+                    Err(
+                        "transfers are not available yet; offer to help the caller yourself"
+                            .to_string(),
+                    )
                 }
             }
-            other => Err(format!("unknown tool {other:?}; no such function is available")),
+            other => Err(format!(
+                "unknown tool {other:?}; no such function is available"
+            )),
         };
         let ok = response.is_ok();
         let body = match response {
@@ -779,11 +803,13 @@ impl Call {
             Err(e) => json!({ "error": e }),
         };
         self.outputs
-            .push_back(Output::ToModel(ModelOut::ToolResponse(vec![FunctionResponse {
-                id: call.id.clone(),
-                name: call.name.clone(),
-                response: body,
-            }])));
+            .push_back(Output::ToModel(ModelOut::ToolResponse(vec![
+                FunctionResponse {
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                    response: body,
+                },
+            ])));
         self.outputs.push_back(Output::Event(CallEvent::ToolResult {
             id: call.id,
             name: call.name,
@@ -794,7 +820,11 @@ impl Call {
     fn on_interrupted(&mut self, now: Instant) {
         let (turn, heard_ms, sent_ms) = match self.turns.front() {
             Some(t) => {
-                let heard = if self.heard.0 == t.id { self.heard.1 } else { 0 };
+                let heard = if self.heard.0 == t.id {
+                    self.heard.1
+                } else {
+                    0
+                };
                 (t.id, u64::from(heard) * 20, u64::from(t.frames_sent) * 20)
             }
             None => (0, 0, 0),
@@ -810,11 +840,12 @@ impl Call {
         for m in self.marks.drain(..) {
             self.cleared_marks.insert(m.name);
         }
-        self.outputs.push_back(Output::Event(CallEvent::Interrupted {
-            turn,
-            heard_ms,
-            sent_ms,
-        }));
+        self.outputs
+            .push_back(Output::Event(CallEvent::Interrupted {
+                turn,
+                heard_ms,
+                sent_ms,
+            }));
     }
 
     /// The model finished generating the current turn: flush the resampler's tail and pad the
@@ -839,16 +870,16 @@ impl Call {
     }
 
     fn final_mark_due(&self) -> bool {
-        self.turns
-            .front()
-            .is_some_and(|t| t.end == Some(self.sent))
+        self.turns.front().is_some_and(|t| t.end == Some(self.sent))
     }
 
     /// Sends whole frames while the lead at Twilio is below the target, with marks.
     fn pump(&mut self, now: Instant) {
         loop {
             if self.final_mark_due() {
-                let Some(t) = self.turns.pop_front() else { break };
+                let Some(t) = self.turns.pop_front() else {
+                    break;
+                };
                 self.send_mark(t.id, t.frames_sent, true);
                 continue;
             }
@@ -918,10 +949,11 @@ impl Call {
         for m in self.marks.drain(..=pos) {
             self.heard = (m.turn, m.frames);
             if m.last_of_turn {
-                self.outputs.push_back(Output::Event(CallEvent::AgentTurnHeard {
-                    turn: m.turn,
-                    heard_ms: u64::from(m.frames) * 20,
-                }));
+                self.outputs
+                    .push_back(Output::Event(CallEvent::AgentTurnHeard {
+                        turn: m.turn,
+                        heard_ms: u64::from(m.frames) * 20,
+                    }));
             }
         }
     }
@@ -948,9 +980,10 @@ impl Call {
         let digits = std::mem::take(&mut self.dtmf);
         self.outputs
             .push_back(Output::Event(CallEvent::Dtmf(digits.clone())));
-        self.outputs.push_back(Output::ToModel(ModelOut::Text(format!(
-            "[The caller pressed these keys on the phone keypad: {digits}]"
-        ))));
+        self.outputs
+            .push_back(Output::ToModel(ModelOut::Text(format!(
+                "[The caller pressed these keys on the phone keypad: {digits}]"
+            ))));
     }
 
     fn check_timers(&mut self, now: Instant) {
@@ -1069,7 +1102,8 @@ mod tests {
         let n = 24 * ms;
         (0..n)
             .flat_map(|i| {
-                let s = (8000.0 * (i as f64 * 440.0 * std::f64::consts::TAU / 24000.0).sin()) as i16;
+                let s =
+                    (8000.0 * (i as f64 * 440.0 * std::f64::consts::TAU / 24000.0).sin()) as i16;
                 s.to_le_bytes()
             })
             .collect()
@@ -1103,13 +1137,24 @@ mod tests {
         for i in 0..10 {
             call.handle_input(Input::Caller(media(i + 2)), t0);
         }
-        assert!(drain(&mut call).is_empty(), "caller audio is held until setupComplete");
+        assert!(
+            drain(&mut call).is_empty(),
+            "caller audio is held until setupComplete"
+        );
         call.handle_input(Input::ModelConnected, t0);
         let outs = drain(&mut call);
-        assert!(matches!(&outs[0], Output::ToModel(ModelOut::Setup(p)) if p.tools.iter().any(|t| t.name == "end_call")));
-        call.handle_input(Input::Model(ModelEvent::SetupComplete), t0 + Duration::from_millis(300));
+        assert!(
+            matches!(&outs[0], Output::ToModel(ModelOut::Setup(p)) if p.tools.iter().any(|t| t.name == "end_call"))
+        );
+        call.handle_input(
+            Input::Model(ModelEvent::SetupComplete),
+            t0 + Duration::from_millis(300),
+        );
         let outs = drain(&mut call);
-        assert!(matches!(outs[0], Output::Event(CallEvent::ModelReady { setup_ms: 300 })));
+        assert!(matches!(
+            outs[0],
+            Output::Event(CallEvent::ModelReady { setup_ms: 300 })
+        ));
         assert!(matches!(&outs[1], Output::ToModel(ModelOut::ClientContent(t)) if t.len() == 1));
         let audio: usize = outs
             .iter()
@@ -1149,7 +1194,10 @@ mod tests {
         // 200 ms lead = 10 frames at once, marks every 100 ms.
         assert_eq!(media_count(&outs), 10);
         assert_eq!(marks(&outs), vec!["t1-5", "t1-10"]);
-        assert!(matches!(outs[0], Output::Event(CallEvent::AgentSpeaking { turn: 1 })));
+        assert!(matches!(
+            outs[0],
+            Output::Event(CallEvent::AgentSpeaking { turn: 1 })
+        ));
         let next = call.poll_timeout().expect("a frame is due");
         assert_eq!(next, t0 + Duration::from_millis(20));
         // One frame per 20 ms after that.
@@ -1170,10 +1218,26 @@ mod tests {
         // 110 ms of audio plus the filter tail, padded to whole frames = 6 frames.
         assert_eq!(media_count(&outs), 6);
         assert_eq!(marks(&outs), vec!["t1-5", "t1-6-end"]);
-        call.handle_input(Input::Caller(CallerEvent::Mark { name: "t1-5".into() }), t0);
-        call.handle_input(Input::Caller(CallerEvent::Mark { name: "t1-6-end".into() }), t0);
+        call.handle_input(
+            Input::Caller(CallerEvent::Mark {
+                name: "t1-5".into(),
+            }),
+            t0,
+        );
+        call.handle_input(
+            Input::Caller(CallerEvent::Mark {
+                name: "t1-6-end".into(),
+            }),
+            t0,
+        );
         let outs = drain(&mut call);
-        assert!(outs.iter().any(|o| matches!(o, Output::Event(CallEvent::AgentTurnHeard { turn: 1, heard_ms: 120 }))));
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Event(CallEvent::AgentTurnHeard {
+                turn: 1,
+                heard_ms: 120
+            })
+        )));
     }
 
     #[test]
@@ -1185,16 +1249,41 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         call.handle_input(Input::Tick, t1);
         drain(&mut call);
-        call.handle_input(Input::Caller(CallerEvent::Mark { name: "t1-5".into() }), t1);
+        call.handle_input(
+            Input::Caller(CallerEvent::Mark {
+                name: "t1-5".into(),
+            }),
+            t1,
+        );
         call.handle_input(Input::Model(ModelEvent::Interrupted), t1);
         let outs = drain(&mut call);
-        assert!(matches!(outs[0], Output::ToCaller(CallerOut::Clear)), "clear first: {outs:?}");
-        assert!(outs.iter().any(|o| matches!(o, Output::Event(CallEvent::Interrupted { turn: 1, heard_ms: 100, sent_ms: 300 }))));
+        assert!(
+            matches!(outs[0], Output::ToCaller(CallerOut::Clear)),
+            "clear first: {outs:?}"
+        );
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Event(CallEvent::Interrupted {
+                turn: 1,
+                heard_ms: 100,
+                sent_ms: 300
+            })
+        )));
         assert_eq!(media_count(&outs), 0);
         // Late audio of the interrupted turn and marks returned by clear change nothing.
         call.handle_input(Input::Model(ModelEvent::Audio(model_audio(500))), t1);
-        call.handle_input(Input::Caller(CallerEvent::Mark { name: "t1-10".into() }), t1);
-        call.handle_input(Input::Caller(CallerEvent::Mark { name: "t1-15".into() }), t1);
+        call.handle_input(
+            Input::Caller(CallerEvent::Mark {
+                name: "t1-10".into(),
+            }),
+            t1,
+        );
+        call.handle_input(
+            Input::Caller(CallerEvent::Mark {
+                name: "t1-15".into(),
+            }),
+            t1,
+        );
         for k in 1..20u64 {
             call.handle_input(Input::Tick, t1 + Duration::from_millis(20 * k));
         }
@@ -1206,7 +1295,9 @@ mod tests {
         call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), t1);
         let outs = drain(&mut call);
         assert!(media_count(&outs) > 0);
-        assert!(outs.iter().any(|o| matches!(o, Output::Event(CallEvent::AgentSpeaking { turn: 2 }))));
+        assert!(outs
+            .iter()
+            .any(|o| matches!(o, Output::Event(CallEvent::AgentSpeaking { turn: 2 }))));
     }
 
     fn tool_call(id: &str, name: &str) -> Input {
@@ -1244,7 +1335,10 @@ mod tests {
             t += Duration::from_millis(20);
             call.handle_input(Input::Tick, t);
             let outs = drain(&mut call);
-            assert!(!outs.iter().any(|o| matches!(o, Output::Control(_))), "no hang-up before the goodbye is heard");
+            assert!(
+                !outs.iter().any(|o| matches!(o, Output::Control(_))),
+                "no hang-up before the goodbye is heard"
+            );
             sent_marks.extend(marks(&outs));
         }
         // Marks returned by clear would not count; echo the played ones in order.
@@ -1253,11 +1347,18 @@ mod tests {
         for m in &sent_marks[..sent_marks.len() - 1] {
             call.handle_input(Input::Caller(CallerEvent::Mark { name: m.clone() }), t);
         }
-        assert!(!drain(&mut call).iter().any(|o| matches!(o, Output::Control(_))));
+        assert!(!drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::Control(_))));
         call.handle_input(Input::Caller(CallerEvent::Mark { name: last }), t);
         let outs = drain(&mut call);
-        assert!(matches!(&outs[outs.len() - 3], Output::Control(CallAction::HangUp { call_sid }) if call_sid.starts_with("CA")));
-        assert!(matches!(outs.last(), Some(Output::End(CallEnd::AgentHungUp))));
+        assert!(
+            matches!(&outs[outs.len() - 3], Output::Control(CallAction::HangUp { call_sid }) if call_sid.starts_with("CA"))
+        );
+        assert!(matches!(
+            outs.last(),
+            Some(Output::End(CallEnd::AgentHungUp))
+        ));
         call.handle_input(Input::Caller(CallerEvent::Stop), t);
         assert!(drain(&mut call).is_empty(), "nothing after End");
     }
@@ -1273,7 +1374,10 @@ mod tests {
             call.handle_input(Input::Model(ModelEvent::Audio(model_audio(20))), t);
             t += Duration::from_millis(20);
             call.handle_input(Input::Tick, t);
-            if drain(&mut call).iter().any(|o| matches!(o, Output::Control(CallAction::HangUp { .. }))) {
+            if drain(&mut call)
+                .iter()
+                .any(|o| matches!(o, Output::Control(CallAction::HangUp { .. })))
+            {
                 hung_up_at = Some(t);
                 break;
             }
@@ -1292,7 +1396,10 @@ mod tests {
         let r = tool_responses(&drain(&mut call));
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].id, "fc-9");
-        assert!(r[0].response["error"].as_str().unwrap().contains("lookup_order"));
+        assert!(r[0].response["error"]
+            .as_str()
+            .unwrap()
+            .contains("lookup_order"));
         assert_eq!(r[1].id, "fc-10");
         assert!(r[1].response.get("error").is_some());
     }
@@ -1326,14 +1433,20 @@ mod tests {
         let mut call = Call::new(settings(), t0).unwrap();
         let deadline = call.poll_timeout().unwrap();
         call.handle_input(Input::Tick, deadline);
-        assert!(matches!(drain(&mut call).last(), Some(Output::End(CallEnd::StartTimeout))));
+        assert!(matches!(
+            drain(&mut call).last(),
+            Some(Output::End(CallEnd::StartTimeout))
+        ));
 
         let mut call = Call::new(settings(), t0).unwrap();
         call.handle_input(Input::Caller(start_event()), t0);
         call.handle_input(Input::ModelConnected, t0);
         let deadline = call.poll_timeout().unwrap();
         call.handle_input(Input::Tick, deadline);
-        assert!(matches!(drain(&mut call).last(), Some(Output::End(CallEnd::ModelUnavailable(_)))));
+        assert!(matches!(
+            drain(&mut call).last(),
+            Some(Output::End(CallEnd::ModelUnavailable(_)))
+        ));
     }
 
     #[test]
@@ -1353,21 +1466,44 @@ mod tests {
         assert_eq!(texts.len(), 1);
         assert!(texts[0].contains("12#"));
         call.handle_input(Input::Caller(CallerEvent::Dtmf { digit: '4' }), t0);
-        call.handle_input(Input::Caller(CallerEvent::Dtmf { digit: '2' }), t0 + Duration::from_millis(500));
+        call.handle_input(
+            Input::Caller(CallerEvent::Dtmf { digit: '2' }),
+            t0 + Duration::from_millis(500),
+        );
         assert!(drain(&mut call).is_empty());
         let due = call.poll_timeout().unwrap();
         assert_eq!(due, t0 + Duration::from_millis(2500));
         call.handle_input(Input::Tick, due);
-        assert!(drain(&mut call).iter().any(|o| matches!(o, Output::ToModel(ModelOut::Text(t)) if t.contains("42"))));
+        assert!(drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::ToModel(ModelOut::Text(t)) if t.contains("42"))));
     }
 
     #[test]
     fn resumption_handle_tracks_only_resumable_updates() {
         let t0 = Instant::now();
         let mut call = live_call(t0);
-        call.handle_input(Input::Model(ModelEvent::SessionResumptionUpdate { new_handle: Some("h1".into()), resumable: true }), t0);
-        call.handle_input(Input::Model(ModelEvent::SessionResumptionUpdate { new_handle: None, resumable: false }), t0);
-        call.handle_input(Input::Model(ModelEvent::SessionResumptionUpdate { new_handle: Some("h2".into()), resumable: false }), t0);
+        call.handle_input(
+            Input::Model(ModelEvent::SessionResumptionUpdate {
+                new_handle: Some("h1".into()),
+                resumable: true,
+            }),
+            t0,
+        );
+        call.handle_input(
+            Input::Model(ModelEvent::SessionResumptionUpdate {
+                new_handle: None,
+                resumable: false,
+            }),
+            t0,
+        );
+        call.handle_input(
+            Input::Model(ModelEvent::SessionResumptionUpdate {
+                new_handle: Some("h2".into()),
+                resumable: false,
+            }),
+            t0,
+        );
         assert_eq!(call.resume_handle(), Some("h1"));
     }
 }

@@ -1373,6 +1373,8 @@ pub struct SimCallerBuilder {
     max_duration: Duration,
     query_string_policy: QueryStringPolicy,
     allow_ws_scheme: bool,
+    account_sid: Option<String>,
+    call_sid: Option<String>,
 }
 
 impl Default for SimCallerBuilder {
@@ -1393,11 +1395,25 @@ impl Default for SimCallerBuilder {
             max_duration: Duration::from_secs(120),
             query_string_policy: QueryStringPolicy::Fail,
             allow_ws_scheme: false,
+            account_sid: None,
+            call_sid: None,
         }
     }
 }
 
 impl SimCallerBuilder {
+    /// Use this AccountSid (`AC…`) instead of a random one.
+    pub fn account_sid(mut self, sid: impl Into<String>) -> Self {
+        self.account_sid = Some(sid.into());
+        self
+    }
+    /// Use this CallSid (`CA…`) instead of a random one (e.g. to register the call with a
+    /// fake REST API before it starts).
+    pub fn call_sid(mut self, sid: impl Into<String>) -> Self {
+        self.call_sid = Some(sid.into());
+        self
+    }
+
     /// Connect straight to this media-stream URL (no webhook). `ws://` is fine here.
     pub fn stream_url(mut self, url: impl Into<String>) -> Self {
         self.stream_url = Some(url.into());
@@ -1499,6 +1515,14 @@ impl SimCallerHandle {
         let _ = self.control_tx.send(());
     }
 
+    /// A cloneable function that hangs the call up, for callbacks such as a fake REST API.
+    pub fn hang_up_trigger(&self) -> impl Fn() + Send + Sync + 'static {
+        let tx = self.control_tx.clone();
+        move || {
+            let _ = tx.send(());
+        }
+    }
+
     /// Wait for the call to end.
     pub async fn join(self) -> Result<CallReport, SimCallerError> {
         self.task
@@ -1515,8 +1539,8 @@ async fn run(
     cfg: SimCallerBuilder,
     mut control_rx: mpsc::UnboundedReceiver<()>,
 ) -> Result<CallReport, SimCallerError> {
-    let account_sid = random_sid("AC");
-    let call_sid = random_sid("CA");
+    let account_sid = cfg.account_sid.clone().unwrap_or_else(|| random_sid("AC"));
+    let call_sid = cfg.call_sid.clone().unwrap_or_else(|| random_sid("CA"));
     let stream_sid = random_sid("MZ");
 
     let (public_url, params, fallback, webhook, twiml_stream) =

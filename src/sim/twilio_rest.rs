@@ -189,7 +189,11 @@ fn error(status: StatusCode, code: u32, message: &str) -> (StatusCode, Value) {
 }
 
 fn decode_form(body: &str) -> Option<Vec<(String, String)>> {
-    let dec = |s: &str| urlencoding::decode(&s.replace('+', " ")).ok().map(|c| c.into_owned());
+    let dec = |s: &str| {
+        urlencoding::decode(&s.replace('+', " "))
+            .ok()
+            .map(|c| c.into_owned())
+    };
     body.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
@@ -268,11 +272,19 @@ fn handle(
         return (s, v, None);
     }
     let Some(call_sid) = call.strip_suffix(".json") else {
-        let (s, v) = error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found");
+        let (s, v) = error(
+            StatusCode::NOT_FOUND,
+            20404,
+            "The requested resource was not found",
+        );
         return (s, v, None);
     };
     if account != inner.account_sid {
-        let (s, v) = error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found");
+        let (s, v) = error(
+            StatusCode::NOT_FOUND,
+            20404,
+            "The requested resource was not found",
+        );
         return (s, v, None);
     }
     let is_form = headers
@@ -280,27 +292,50 @@ fn handle(
         .and_then(|h| h.to_str().ok())
         .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
     let Some(fields) = fields.filter(|_| is_form) else {
-        let (s, v) = error(StatusCode::BAD_REQUEST, 20001, "Request body must be form-encoded");
+        let (s, v) = error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "Request body must be form-encoded",
+        );
         return (s, v, None);
     };
     const KNOWN: [&str; 9] = [
-        "Url", "Method", "Status", "FallbackUrl", "FallbackMethod", "StatusCallback",
-        "StatusCallbackMethod", "Twiml", "TimeLimit",
+        "Url",
+        "Method",
+        "Status",
+        "FallbackUrl",
+        "FallbackMethod",
+        "StatusCallback",
+        "StatusCallbackMethod",
+        "Twiml",
+        "TimeLimit",
     ];
     if let Some((k, _)) = fields.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
-        let (s, v) = error(StatusCode::BAD_REQUEST, 20001, &format!("Unknown parameter {k}"));
+        let (s, v) = error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            &format!("Unknown parameter {k}"),
+        );
         return (s, v, None);
     }
     let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     if let Some(st) = get("Status") {
         if st != "completed" && st != "canceled" {
-            let (s, v) = error(StatusCode::BAD_REQUEST, 21218, &format!("Invalid Status {st}"));
+            let (s, v) = error(
+                StatusCode::BAD_REQUEST,
+                21218,
+                &format!("Invalid Status {st}"),
+            );
             return (s, v, None);
         }
     }
     if let Some(t) = get("Twiml") {
         if t.chars().count() > MAX_TWIML_CHARS {
-            let (s, v) = error(StatusCode::BAD_REQUEST, 32018, "TwiML exceeds 4000 characters");
+            let (s, v) = error(
+                StatusCode::BAD_REQUEST,
+                32018,
+                "TwiML exceeds 4000 characters",
+            );
             return (s, v, None);
         }
     }
@@ -310,11 +345,19 @@ fn handle(
     }
     let mut calls = lock(&inner.calls);
     let Some(entry) = calls.get_mut(call_sid) else {
-        let (s, v) = error(StatusCode::NOT_FOUND, 20404, "The requested resource was not found");
+        let (s, v) = error(
+            StatusCode::NOT_FOUND,
+            20404,
+            "The requested resource was not found",
+        );
         return (s, v, None);
     };
     if entry.status != "in-progress" {
-        let (s, v) = error(StatusCode::BAD_REQUEST, 21220, "Call is not in-progress. Cannot redirect.");
+        let (s, v) = error(
+            StatusCode::BAD_REQUEST,
+            21220,
+            "Call is not in-progress. Cannot redirect.",
+        );
         return (s, v, None);
     }
     let ends = get("Status").is_some();

@@ -183,7 +183,11 @@ impl CallControl for TwilioRest {
         &'a self,
         call_sid: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move { TwilioRest::hang_up(self, call_sid).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            TwilioRest::hang_up(self, call_sid)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
