@@ -511,14 +511,14 @@ impl Config {
                 .map_err(|reason| invalid("twilio.fallback_twiml", &t.fallback_twiml, &reason))?;
         }
         let p = &self.playout;
-        if p.lead_ms < 20 || p.lead_ms > 5_000 || p.lead_ms % 20 != 0 {
+        if p.lead_ms < 20 || p.lead_ms > 5_000 || !p.lead_ms.is_multiple_of(20) {
             return Err(invalid(
                 "playout.lead_ms",
                 p.lead_ms,
                 "expected a multiple of 20 in 20..=5000",
             ));
         }
-        if p.mark_interval_ms < 20 || p.mark_interval_ms > 10_000 || p.mark_interval_ms % 20 != 0 {
+        if p.mark_interval_ms < 20 || p.mark_interval_ms > 10_000 || !p.mark_interval_ms.is_multiple_of(20) {
             return Err(invalid(
                 "playout.mark_interval_ms",
                 p.mark_interval_ms,

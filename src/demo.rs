@@ -53,8 +53,6 @@ pub enum DemoError {
 pub fn demo_scenario() -> Result<Scenario, DemoError> {
     let goodbye = Clip::from_wav_bytes(include_bytes!("../assets/model_goodbye.pcm24k.wav"))
         .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let mut scenario = Scenario::default();
-    scenario.greeting = Some(Reply::greeting());
     let mut answer = Turn::reply(Reply::long());
     answer.caller =
         Some("Hello, I am calling about my order. It has not arrived yet, can you help me?".into());
@@ -67,8 +65,11 @@ pub fn demo_scenario() -> Result<Scenario, DemoError> {
         name: "end_call".into(),
         args: json!({"reason": "the caller said goodbye"}),
     }];
-    scenario.turns = vec![answer, bye];
-    Ok(scenario)
+    Ok(Scenario {
+        greeting: Some(Reply::greeting()),
+        turns: vec![answer, bye],
+        ..Scenario::default()
+    })
 }
 
 /// Runs the demo.
