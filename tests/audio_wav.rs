@@ -45,5 +45,9 @@ fn reads_every_bundled_fixture() {
         }
         seen += 1;
     }
-    assert!(seen >= 12, "expected at least the 12 fixture clips in {}", dir.display());
+    assert!(
+        seen >= 12,
+        "expected at least the 12 fixture clips in {}",
+        dir.display()
+    );
 }

@@ -99,12 +99,15 @@ impl Harness {
 }
 
 pub fn asset(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join(name)
 }
 
 /// μ-law bytes of a bundled caller clip.
 pub fn caller_clip(name: &str) -> Vec<u8> {
-    let wav = callbridge::audio::wav::read_wav_file(&asset(&format!("{name}.mulaw8k.wav"))).unwrap();
+    let wav =
+        callbridge::audio::wav::read_wav_file(&asset(&format!("{name}.mulaw8k.wav"))).unwrap();
     wav.to_ulaw().unwrap()
 }
 
@@ -123,35 +126,52 @@ pub fn ulaw_to_pcm(ulaw: &[u8]) -> Vec<i16> {
 
 /// Best normalised cross-correlation of `reference` inside `signal` over all lags
 /// (`signal` may hold more than the reference: silence, other turns). Returns (score, lag).
+/// The correlation is computed with FFTs; the score is normalised by the energy of the
+/// matching window, so 1.0 means an exact (scaled) copy.
 pub fn find_in(signal: &[i16], reference: &[i16]) -> (f64, usize) {
-    let r: Vec<f64> = reference.iter().map(|&v| v as f64).collect();
-    let s: Vec<f64> = signal.iter().map(|&v| v as f64).collect();
-    let rn = r.iter().map(|v| v * v).sum::<f64>().sqrt();
-    if s.len() < r.len() || rn == 0.0 {
+    use rustfft::num_complex::Complex;
+    if signal.len() < reference.len() || reference.is_empty() {
         return (0.0, 0);
     }
-    // Coarse search on 4x decimated energy-normalised signals, then refine.
-    let dot = |lag: usize| -> f64 {
-        let w = &s[lag..lag + r.len()];
-        let d: f64 = w.iter().zip(&r).map(|(a, b)| a * b).sum();
-        let wn = w.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if wn == 0.0 { 0.0 } else { d / (wn * rn) }
-    };
-    let mut best = (f64::MIN, 0);
-    let mut lag = 0;
-    while lag + r.len() <= s.len() {
-        let c = dot(lag);
+    let n = (signal.len() + reference.len()).next_power_of_two();
+    let mut planner = rustfft::FftPlanner::<f64>::new();
+    let fwd = planner.plan_fft_forward(n);
+    let inv = planner.plan_fft_inverse(n);
+    let mut a: Vec<Complex<f64>> = signal
+        .iter()
+        .map(|&v| Complex::new(v as f64, 0.0))
+        .collect();
+    a.resize(n, Complex::new(0.0, 0.0));
+    let mut b: Vec<Complex<f64>> = reference
+        .iter()
+        .map(|&v| Complex::new(v as f64, 0.0))
+        .collect();
+    b.resize(n, Complex::new(0.0, 0.0));
+    fwd.process(&mut a);
+    fwd.process(&mut b);
+    for (x, y) in a.iter_mut().zip(&b) {
+        *x *= y.conj();
+    }
+    inv.process(&mut a);
+    let rn: f64 = reference
+        .iter()
+        .map(|&v| (v as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    // Running window energy of the signal.
+    let mut prefix = vec![0.0f64; signal.len() + 1];
+    for (i, &v) in signal.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + (v as f64).powi(2);
+    }
+    let mut best = (0.0, 0);
+    for lag in 0..=signal.len() - reference.len() {
+        let wn = (prefix[lag + reference.len()] - prefix[lag]).sqrt();
+        if wn < 1e-9 || rn < 1e-9 {
+            continue;
+        }
+        let c = a[lag].re / n as f64 / (wn * rn);
         if c > best.0 {
             best = (c, lag);
-        }
-        lag += 4;
-    }
-    let lo = best.1.saturating_sub(4);
-    let hi = (best.1 + 4).min(s.len() - r.len());
-    for l in lo..=hi {
-        let c = dot(l);
-        if c > best.0 {
-            best = (c, l);
         }
     }
     best
@@ -169,11 +189,15 @@ pub fn event_kinds(notes: &[CallNote]) -> Vec<String> {
             CallEvent::AgentTurnHeard { turn, .. } => format!("agent_turn_heard {turn}"),
             CallEvent::Interrupted { turn, .. } => format!("interrupted {turn}"),
             CallEvent::ToolCall { name, .. } => format!("tool_call {name}"),
-            CallEvent::ToolResult { name, ok, .. } => format!("tool_result {name} {}", if *ok { "ok" } else { "error" }),
+            CallEvent::ToolResult { name, ok, .. } => {
+                format!("tool_result {name} {}", if *ok { "ok" } else { "error" })
+            }
             CallEvent::Dtmf(d) => format!("dtmf {d}"),
             CallEvent::GoAway { .. } => "go_away".to_string(),
             CallEvent::Ended(why) => format!("ended {}", why.as_str()),
-            CallEvent::CallerTranscript(_) | CallEvent::AgentTranscript(_) | CallEvent::Usage(_) => continue,
+            CallEvent::CallerTranscript(_)
+            | CallEvent::AgentTranscript(_)
+            | CallEvent::Usage(_) => continue,
         };
         out.push(k);
     }
@@ -185,7 +209,9 @@ pub fn transcript(notes: &[CallNote], agent: bool) -> String {
     notes
         .iter()
         .filter_map(|n| match (&n.event, agent) {
-            (CallEvent::AgentTranscript(t), true) | (CallEvent::CallerTranscript(t), false) => Some(t.as_str()),
+            (CallEvent::AgentTranscript(t), true) | (CallEvent::CallerTranscript(t), false) => {
+                Some(t.as_str())
+            }
             _ => None,
         })
         .collect()
