@@ -518,7 +518,10 @@ impl Config {
                 "expected a multiple of 20 in 20..=5000",
             ));
         }
-        if p.mark_interval_ms < 20 || p.mark_interval_ms > 10_000 || !p.mark_interval_ms.is_multiple_of(20) {
+        if p.mark_interval_ms < 20
+            || p.mark_interval_ms > 10_000
+            || !p.mark_interval_ms.is_multiple_of(20)
+        {
             return Err(invalid(
                 "playout.mark_interval_ms",
                 p.mark_interval_ms,

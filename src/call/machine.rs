@@ -433,6 +433,8 @@ pub struct Call {
     dtmf_deadline: Option<Instant>,
 
     resume_handle: Option<String>,
+    /// Unknown model message kinds seen (each logged once at info).
+    unknown_kinds: HashSet<String>,
 }
 
 impl Call {
@@ -468,6 +470,7 @@ impl Call {
             dtmf: String::new(),
             dtmf_deadline: None,
             resume_handle: None,
+            unknown_kinds: HashSet::new(),
             settings,
         })
     }
@@ -740,7 +743,14 @@ impl Call {
                 }
             }
             ModelEvent::Unknown(kind) => {
-                tracing::debug!(kind, "unknown model message ignored");
+                if self.unknown_kinds.insert(kind.clone()) {
+                    tracing::info!(
+                        kind,
+                        "unknown model message ignored (further ones at debug)"
+                    );
+                } else {
+                    tracing::debug!(kind, "unknown model message ignored");
+                }
             }
         }
     }
