@@ -112,6 +112,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Named transfer destinations the model may choose from.
     pub transfer: TransferConfig,
+    /// Tools the model may call besides end_call and transfer_call.
+    pub tools: ToolsConfig,
 }
 
 /// `[server]`
@@ -242,9 +244,15 @@ pub struct TwilioConfig {
     /// TwiML verbs placed after `</Connect>`: Twilio runs them if the stream ends without a
     /// hang-up (model unreachable, bridge draining…). Empty: the call simply ends.
     pub fallback_twiml: String,
+    /// API key SID (`SK…`) to use for REST instead of the account SID + auth token; its
+    /// secret comes from env `TWILIO_API_SECRET`. Env `TWILIO_API_KEY`.
+    pub api_key_sid: String,
     /// Auth token, from env `TWILIO_AUTH_TOKEN` only.
     #[serde(skip)]
     pub auth_token: Secret,
+    /// API key secret, from env `TWILIO_API_SECRET` only.
+    #[serde(skip)]
+    pub api_secret: Secret,
 }
 
 impl Default for TwilioConfig {
@@ -254,7 +262,9 @@ impl Default for TwilioConfig {
             api_base: DEFAULT_TWILIO_API_BASE.into(),
             fallback_twiml: "<Say>Sorry, our assistant is unavailable right now. Please call again later.</Say><Hangup/>"
                 .into(),
+            api_key_sid: String::new(),
             auth_token: Secret::default(),
+            api_secret: Secret::default(),
         }
     }
 }
@@ -295,6 +305,17 @@ pub struct LimitsConfig {
     pub max_call_secs: u64,
     /// Idle time after the last key press before pressed digits are sent to the model, ms.
     pub dtmf_idle_ms: u64,
+    /// After `end_call` / `transfer_call` / `send_dtmf`, longest wait for the agent's last
+    /// words to be heard before acting anyway, ms.
+    pub end_call_grace_ms: u64,
+    /// The caller said nothing for this long: the agent is asked to check in and wrap up, s
+    /// (0 = off).
+    pub silence_timeout_secs: u64,
+    /// After the agent was asked to wrap up (silence or maximum duration), the call ends this
+    /// long later at the latest, ms.
+    pub wrap_up_grace_ms: u64,
+    /// A continued stream (after `send_dtmf`) must reconnect within this long, ms.
+    pub continuation_ttl_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -306,16 +327,38 @@ impl Default for LimitsConfig {
             start_timeout_ms: 10_000,
             max_call_secs: 3_600,
             dtmf_idle_ms: 2_000,
+            end_call_grace_ms: 8_000,
+            silence_timeout_secs: 30,
+            wrap_up_grace_ms: 15_000,
+            continuation_ttl_ms: 30_000,
         }
     }
 }
 
 /// `[transfer]`
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
+    /// Regular expression a free-form number (E.164) must match for the model to transfer
+    /// to it; empty = only the named destinations.
+    pub allow_pattern: String,
+    /// Caller ID for the transferred leg (E.164); empty = Twilio's default (the caller's).
+    pub caller_id: String,
+    /// Seconds the transfer target may ring.
+    pub timeout_secs: u32,
     /// Destinations by name.
     pub destinations: BTreeMap<String, TransferDestination>,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            allow_pattern: String::new(),
+            caller_id: String::new(),
+            timeout_secs: 30,
+            destinations: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[transfer.destinations.<name>]`
@@ -326,6 +369,55 @@ pub struct TransferDestination {
     pub target: String,
     /// What the model is told about this destination.
     pub description: String,
+    /// Said to the person who answers before the caller is connected; empty = none.
+    #[serde(default)]
+    pub whisper: String,
+}
+
+/// `[tools]`
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Declare `send_dtmf` so the agent can navigate phone menus.
+    pub send_dtmf: bool,
+    /// Operator webhook tools (`[[tools.webhooks]]`). Requests are signed with
+    /// HMAC-SHA256 over the body, key from env `CALLBRIDGE_TOOLS_SECRET`.
+    pub webhooks: Vec<WebhookToolConfig>,
+    /// Signing key, from env `CALLBRIDGE_TOOLS_SECRET` only.
+    #[serde(skip)]
+    pub secret: Secret,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            send_dtmf: true,
+            webhooks: Vec::new(),
+            secret: Secret::default(),
+        }
+    }
+}
+
+/// `[[tools.webhooks]]`
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookToolConfig {
+    /// Function name the model calls.
+    pub name: String,
+    /// What the model is told the tool does.
+    pub description: String,
+    /// Parameters as an OpenAPI-style schema object (`{type = "OBJECT", properties = …}`).
+    #[serde(default)]
+    pub parameters: Option<toml::Table>,
+    /// URL callbridge POSTs the call to.
+    pub url: String,
+    /// Time allowed for the answer, ms.
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_tool_timeout() -> u64 {
+    5_000
 }
 
 /// Reads environment variables; a function so tests need not touch the process environment.
@@ -377,6 +469,15 @@ impl Config {
         }
         if let Some(v) = get("TWILIO_AUTH_TOKEN") {
             self.twilio.auth_token = Secret::new(v);
+        }
+        if let Some(v) = get("TWILIO_API_KEY") {
+            self.twilio.api_key_sid = v;
+        }
+        if let Some(v) = get("TWILIO_API_SECRET") {
+            self.twilio.api_secret = Secret::new(v);
+        }
+        if let Some(v) = get("CALLBRIDGE_TOOLS_SECRET") {
+            self.tools.secret = Secret::new(v);
         }
         if let Some(v) = get("GEMINI_API_KEY") {
             self.gemini.api_key = Secret::new(v);
@@ -562,6 +663,98 @@ impl Config {
                 l.dtmf_idle_ms,
                 "expected 1..=60000",
             ));
+        }
+        if l.end_call_grace_ms == 0 || l.end_call_grace_ms > 60_000 {
+            return Err(invalid(
+                "limits.end_call_grace_ms",
+                l.end_call_grace_ms,
+                "expected 1..=60000",
+            ));
+        }
+        if l.wrap_up_grace_ms == 0 || l.wrap_up_grace_ms > 120_000 {
+            return Err(invalid(
+                "limits.wrap_up_grace_ms",
+                l.wrap_up_grace_ms,
+                "expected 1..=120000",
+            ));
+        }
+        if l.continuation_ttl_ms == 0 || l.continuation_ttl_ms > 600_000 {
+            return Err(invalid(
+                "limits.continuation_ttl_ms",
+                l.continuation_ttl_ms,
+                "expected 1..=600000",
+            ));
+        }
+        if !t.api_key_sid.is_empty() && !is_sid(&t.api_key_sid, "SK") {
+            return Err(invalid(
+                "twilio.api_key_sid",
+                &t.api_key_sid,
+                "expected SK followed by 32 hex digits",
+            ));
+        }
+        let tr = &self.transfer;
+        if !tr.allow_pattern.is_empty() {
+            regex::Regex::new(&tr.allow_pattern).map_err(|e| {
+                invalid(
+                    "transfer.allow_pattern",
+                    &tr.allow_pattern,
+                    &format!("not a regular expression: {e}"),
+                )
+            })?;
+        }
+        if !tr.caller_id.is_empty() && !is_e164(&tr.caller_id) {
+            return Err(invalid(
+                "transfer.caller_id",
+                &tr.caller_id,
+                "expected an E.164 number",
+            ));
+        }
+        if tr.timeout_secs < 5 || tr.timeout_secs > 600 {
+            return Err(invalid(
+                "transfer.timeout_secs",
+                tr.timeout_secs,
+                "expected 5..=600",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, w) in self.tools.webhooks.iter().enumerate() {
+            let key = format!("tools.webhooks[{i}]");
+            if w.name.is_empty()
+                || !w
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                || w.name.len() > 64
+            {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &w.name,
+                    "names use letters, digits, _ and - (at most 64)",
+                ));
+            }
+            if matches!(w.name.as_str(), "end_call" | "transfer_call" | "send_dtmf")
+                || !names.insert(w.name.clone())
+            {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &w.name,
+                    "already used by another tool",
+                ));
+            }
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    &w.url,
+                    "expected an http(s):// URL",
+                ));
+            }
+            if w.timeout_ms == 0 || w.timeout_ms > 60_000 {
+                return Err(invalid(
+                    &format!("{key}.timeout_ms"),
+                    w.timeout_ms,
+                    "expected 1..=60000",
+                ));
+            }
         }
         for (name, d) in &self.transfer.destinations {
             let key = format!("transfer.destinations.{name}");

@@ -99,6 +99,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         TransferDestination {
             target: "+14155550100".into(),
             description: "The billing department, for invoices and refunds.".into(),
+            whisper: "A caller from the AI assistant, about billing.".into(),
         },
     );
     config
