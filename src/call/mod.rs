@@ -2,3 +2,4 @@
 
 pub mod driver;
 pub mod machine;
+pub mod tools;

@@ -6,4 +6,5 @@
 
 pub mod caller;
 pub mod gemini;
+pub mod operator;
 pub mod twilio_rest;
