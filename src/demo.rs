@@ -258,6 +258,10 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
                 )
             }
             CallEvent::Dtmf(d) => format!("bridge  caller keys {d} sent to the model"),
+            CallEvent::Continued { .. } => {
+                "bridge  stream reconnected; same model session".to_string()
+            }
+            CallEvent::WrapUp { reason } => format!("bridge  agent asked to wrap up ({reason})"),
             CallEvent::GoAway { time_left_ms } => {
                 format!("bridge  model goAway, {time_left_ms:?} ms left")
             }

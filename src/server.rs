@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::call::driver::{self, CallContext, CallControl, CallNote};
+use crate::call::driver::{self, CallContext, CallControl, CallNote, ControlSettings, ParkedCalls};
 use crate::call::machine::CallSettings;
+use crate::call::tools::{HttpToolExecutor, ToolExecutor};
 use crate::config::Config;
 use crate::gemini::connect::Credential;
 use crate::twilio::webhook;
@@ -51,6 +52,12 @@ pub struct AppState {
     pub notes: broadcast::Sender<CallNote>,
     /// Call control (Twilio REST), when credentials are configured.
     pub control: Option<Arc<dyn CallControl>>,
+    /// TwiML inputs for call actions.
+    pub control_settings: Arc<ControlSettings>,
+    /// Calls parked between streams (after `send_dtmf`).
+    pub parked: ParkedCalls,
+    /// Runs operator webhook tools.
+    pub tools: Option<Arc<dyn ToolExecutor>>,
     /// The call tasks.
     pub tracker: TaskTracker,
     /// Cancelled when the bridge shuts down.
@@ -68,6 +75,18 @@ impl AppState {
             Credential::ApiKey(secret)
         });
         let (notes, _) = broadcast::channel(1024);
+        let control_settings = Arc::new(ControlSettings {
+            stream_url: config.stream_url(),
+            public_url: (!config.server.public_url.is_empty())
+                .then(|| config.server.public_url.trim_end_matches('/').to_string()),
+            fallback: config.twilio.fallback_twiml.clone(),
+            caller_id: config.transfer.caller_id.clone(),
+            dial_timeout_secs: config.transfer.timeout_secs,
+            continuation_ttl: Duration::from_millis(config.limits.continuation_ttl_ms),
+        });
+        let tools: Option<Arc<dyn ToolExecutor>> = (!config.tools.webhooks.is_empty()).then(|| {
+            Arc::new(HttpToolExecutor::new(config.tools.secret.clone())) as Arc<dyn ToolExecutor>
+        });
         Arc::new(AppState {
             config: Arc::new(config),
             settings,
@@ -76,6 +95,9 @@ impl AppState {
             next_conn: AtomicU64::new(1),
             notes,
             control,
+            control_settings,
+            parked: ParkedCalls::default(),
+            tools,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
@@ -87,6 +109,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/twilio/voice", post(voice_webhook))
         .route("/twilio/media", get(media_stream))
+        .route("/twilio/whisper/{destination}", post(whisper).get(whisper))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -176,6 +199,21 @@ async fn voice_webhook(
     ([(header::CONTENT_TYPE, "text/xml")], twiml).into_response()
 }
 
+/// `/twilio/whisper/{destination}`: TwiML said to the person who answers a transfer.
+async fn whisper(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(destination): axum::extract::Path<String>,
+) -> Response {
+    match state.config.transfer.destinations.get(&destination) {
+        Some(d) if !d.whisper.is_empty() => (
+            [(header::CONTENT_TYPE, "text/xml")],
+            webhook::say_twiml(&d.whisper),
+        )
+            .into_response(),
+        _ => (StatusCode::NOT_FOUND, "no whisper for this destination\n").into_response(),
+    }
+}
+
 /// `GET /twilio/media`: the Media Streams WebSocket; one call per connection.
 async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
     if state.shutdown.is_cancelled() {
@@ -210,6 +248,10 @@ async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) 
                 connect_timeout: Duration::from_millis(state.config.gemini.connect_timeout_ms),
                 notes: Some(state.notes.clone()),
                 control: state.control.clone(),
+                control_settings: state.control_settings.clone(),
+                parked: state.parked.clone(),
+                tools: state.tools.clone(),
+                tool_configs: Arc::new(state.config.tools.webhooks.clone()),
                 shutdown: state.shutdown.clone(),
             };
             let span = tracing::info_span!(
@@ -225,10 +267,14 @@ async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) 
                     let result =
                         tokio::spawn(driver::run_call(socket, ctx).in_current_span()).await;
                     match result {
-                        Ok(why) => tracing::debug!(
+                        Ok(Some(why)) => tracing::debug!(
                             reason = why.as_str(),
                             secs = started.elapsed().as_secs_f32(),
                             "call task done"
+                        ),
+                        Ok(None) => tracing::debug!(
+                            secs = started.elapsed().as_secs_f32(),
+                            "stream done; call parked for its continuation"
                         ),
                         Err(e) => {
                             tracing::error!(error = %e, "call task panicked; only this call ended")

@@ -16,21 +16,82 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message as ModelMessage;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::machine::{
     Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut, Output,
 };
+use super::tools::{ToolCallContext, ToolExecutor};
+use crate::config::WebhookToolConfig;
 use crate::gemini::connect::{self, ConnectError, Credential, ModelSocket};
 use crate::gemini::{setup, wire as gwire};
 use crate::twilio::wire as twire;
+use crate::twilio::wire::CallerEvent;
 
 /// Carries out [`CallAction`]s through the telephony provider's API.
 pub trait CallControl: Send + Sync {
-    /// Ends the phone call.
+    /// Ends the phone call (a call that already ended counts as success).
     fn hang_up<'a>(
         &'a self,
         call_sid: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+    /// Replaces the call's TwiML (this ends the current media stream).
+    fn update_twiml<'a>(
+        &'a self,
+        call_sid: &'a str,
+        twiml: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// What call actions need to build TwiML, from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ControlSettings {
+    /// `wss://…/twilio/media`, for the continued stream after `send_dtmf`.
+    pub stream_url: Option<String>,
+    /// Public `https://…` base, for whisper URLs.
+    pub public_url: Option<String>,
+    /// Verbs after `</Connect>`.
+    pub fallback: String,
+    /// `<Dial callerId>`.
+    pub caller_id: String,
+    /// `<Dial timeout>`.
+    pub dial_timeout_secs: u32,
+    /// How long a parked call waits for its continued stream.
+    pub continuation_ttl: Duration,
+}
+
+/// A call whose stream ended after `send_dtmf`, waiting for the continued stream.
+pub struct Parked {
+    call: Call,
+    model: Option<ModelSocket>,
+    call_sid: String,
+}
+
+/// Parked calls by continuation token. A plain mutex: the call's resamplers are `Send` but
+/// not `Sync`, and parking happens once per `send_dtmf`.
+#[derive(Clone, Default)]
+pub struct ParkedCalls(Arc<std::sync::Mutex<std::collections::HashMap<String, Parked>>>);
+
+impl ParkedCalls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Parked>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Parks a call under its token.
+    pub fn insert(&self, token: String, call: Parked) {
+        self.lock().insert(token, call);
+    }
+    /// Takes a parked call.
+    pub fn remove(&self, token: &str) -> Option<Parked> {
+        self.lock().remove(token)
+    }
+    /// How many calls are parked.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+    /// Whether no call is parked.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
 }
 
 /// A timeline event of one call, as broadcast to observers (the demo, later the dashboard).
@@ -61,14 +122,23 @@ pub struct CallContext {
     pub notes: Option<broadcast::Sender<CallNote>>,
     /// Call control (REST); `None` ends calls by closing the stream.
     pub control: Option<Arc<dyn CallControl>>,
+    /// TwiML inputs for call actions.
+    pub control_settings: Arc<ControlSettings>,
+    /// Calls parked between streams.
+    pub parked: ParkedCalls,
+    /// Runs operator webhook tools.
+    pub tools: Option<Arc<dyn ToolExecutor>>,
+    /// The configured webhook tools.
+    pub tool_configs: Arc<Vec<WebhookToolConfig>>,
     /// Fires when the bridge shuts down.
     pub shutdown: CancellationToken,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<ModelSocket, ConnectError>> + Send>>;
 
-/// Runs one call on an upgraded caller WebSocket until it ends; returns why it ended.
-pub async fn run_call<S, E>(mut caller: S, ctx: CallContext) -> CallEnd
+/// Runs one call on an upgraded caller WebSocket until it ends; returns why it ended, or
+/// `None` when the call was parked for a continued stream (after `send_dtmf`).
+pub async fn run_call<S, E>(mut caller: S, ctx: CallContext) -> Option<CallEnd>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
     E: std::fmt::Display,
@@ -79,9 +149,13 @@ where
         Err(e) => {
             tracing::error!(error = %e, "cannot build the audio pipeline");
             let _ = caller.close().await;
-            return CallEnd::ModelUnavailable(format!("audio pipeline: {e}"));
+            return Some(CallEnd::ModelUnavailable(format!("audio pipeline: {e}")));
         }
     };
+    let (tool_tx, mut tool_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, Result<serde_json::Value, String>)>();
+    let mut running: std::collections::HashMap<String, tokio::task::AbortHandle> =
+        std::collections::HashMap::new();
     let mut model: Option<ModelSocket> = None;
     let mut connecting: Option<ConnectFuture> = None;
     let mut shutdown_seen = false;
@@ -90,6 +164,7 @@ where
     loop {
         // Carry out every effect the machine has queued, in order.
         let mut caller_dirty = false;
+        let mut park: Option<String> = None;
         while let Some(out) = call.poll_output() {
             match out {
                 Output::ToCaller(cmd) => {
@@ -136,15 +211,72 @@ where
                         connect::connect(&url, &cred, timeout).await
                     }));
                 }
-                Output::Control(action) => execute(&ctx, action).await,
+                Output::Control(CallAction::RunTool { id, name, args }) => {
+                    let Some(handle) =
+                        spawn_tool(&ctx, &call, id.clone(), name, args, tool_tx.clone())
+                    else {
+                        continue;
+                    };
+                    running.insert(id, handle);
+                }
+                Output::Control(CallAction::CancelTool { id }) => {
+                    if let Some(h) = running.remove(&id) {
+                        h.abort();
+                    }
+                }
+                Output::Control(action) => {
+                    if let Some((id, result)) = execute(&ctx, action).await {
+                        call.handle_input(Input::ActionDone { id, result }, Instant::now());
+                    }
+                }
+                Output::Park { token } => {
+                    park = Some(token);
+                    break;
+                }
                 Output::Event(event) => note(&ctx, event),
                 Output::End(why) => {
                     if caller_dirty {
                         let _ = caller.flush().await;
                     }
-                    return finish(caller, model, why).await;
+                    for (_, h) in running.drain() {
+                        h.abort();
+                    }
+                    return Some(finish(caller, model, why).await);
                 }
             }
+        }
+        if let Some(token) = park {
+            let _ = caller.flush().await;
+            let call_sid = call
+                .stream()
+                .map(|s| s.call_sid.clone())
+                .unwrap_or_default();
+            tracing::info!("stream replaced after send_dtmf; call parked for its continued stream");
+            ctx.parked.insert(
+                token.clone(),
+                Parked {
+                    call,
+                    model,
+                    call_sid,
+                },
+            );
+            let parked = ctx.parked.clone();
+            let ttl = ctx.control_settings.continuation_ttl;
+            tokio::spawn(async move {
+                tokio::time::sleep(ttl).await;
+                if let Some(mut p) = parked.remove(&token) {
+                    tracing::warn!("continued stream never arrived; ending the parked call");
+                    p.call.handle_input(Input::CallerClosed, Instant::now());
+                    if let Some(mut m) = p.model.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), m.close(None)).await;
+                    }
+                }
+            });
+            for (_, h) in running.drain() {
+                h.abort();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), caller.close()).await;
+            return None;
         }
         if caller_dirty && caller.flush().await.is_err() {
             call.handle_input(Input::CallerClosed, Instant::now());
@@ -183,11 +315,36 @@ where
                     }
                 }
             }
-            msg = caller.next() => caller_input(msg, &mut warned_binary),
+                        msg = caller.next() => caller_input(msg, &mut warned_binary),
+            Some((id, result)) = tool_rx.recv() => {
+                running.remove(&id);
+                vec![Input::ToolDone { id, result }]
+            }
             _ = sleep => vec![Input::Tick],
         };
         let now = Instant::now();
         for i in input {
+            // A continued stream (after send_dtmf) takes over its parked call and model session.
+            if let Input::Caller(CallerEvent::Start(start)) = &i {
+                if let Some(token) = start.custom_parameters.get(CONTINUATION_PARAM) {
+                    match ctx.parked.remove(token) {
+                        Some(p) if p.call_sid == start.call_sid => {
+                            call = p.call;
+                            model = p.model;
+                            connecting = None;
+                            call.handle_input(Input::Resumed(start.clone()), now);
+                            continue;
+                        }
+                        Some(p) => {
+                            tracing::warn!("continuation token presented by another call; ignored");
+                            ctx.parked.insert(token.clone(), p);
+                        }
+                        None => tracing::warn!(
+                            "unknown or expired continuation; starting a fresh session"
+                        ),
+                    }
+                }
+            }
             call.handle_input(i, now);
         }
     }
@@ -280,18 +437,145 @@ fn caller_input<E: std::fmt::Display>(
     }
 }
 
-async fn execute(ctx: &CallContext, action: CallAction) {
+/// The `<Parameter>` that carries a continuation token on a continued stream.
+pub const CONTINUATION_PARAM: &str = "continuation";
+
+/// Carries out a call action through the provider's API. Transfers and DTMF report back with
+/// the tool call id and the outcome.
+async fn execute(ctx: &CallContext, action: CallAction) -> Option<(String, Result<(), String>)> {
+    let cs = &ctx.control_settings;
     match action {
-        CallAction::HangUp { call_sid } => match &ctx.control {
-            Some(control) => match control.hang_up(&call_sid).await {
-                Ok(()) => tracing::info!("call hung up through the provider's API"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "hang-up through the provider's API failed; closing the stream")
+        CallAction::HangUp { call_sid } => {
+            match &ctx.control {
+                Some(control) => match control.hang_up(&call_sid).await {
+                    Ok(()) => tracing::info!("call hung up through the provider's API"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hang-up through the provider's API failed; closing the stream")
+                    }
+                },
+                None => tracing::info!("no call control configured; ending the stream to hang up"),
+            }
+            None
+        }
+        CallAction::Transfer {
+            id,
+            call_sid,
+            destination,
+            target,
+            whisper,
+        } => {
+            let Some(control) = &ctx.control else {
+                return Some((
+                    id,
+                    Err("call control is not configured on this line".into()),
+                ));
+            };
+            let whisper_url = match (&cs.public_url, whisper) {
+                (Some(base), true) => Some(format!(
+                    "{}/twilio/whisper/{}",
+                    base.trim_end_matches('/'),
+                    urlencoding::encode(&destination)
+                )),
+                _ => None,
+            };
+            let twiml = crate::twilio::webhook::dial_twiml(&crate::twilio::webhook::DialTwiml {
+                target: &target,
+                caller_id: (!cs.caller_id.is_empty()).then_some(cs.caller_id.as_str()),
+                timeout_secs: cs.dial_timeout_secs,
+                whisper_url: whisper_url.as_deref(),
+                fallback: (!cs.fallback.is_empty()).then_some(cs.fallback.as_str()),
+            });
+            let result = control.update_twiml(&call_sid, &twiml).await;
+            match &result {
+                Ok(()) => tracing::info!(destination = %destination, "call transferred"),
+                Err(e) => tracing::warn!(error = %e, destination = %destination, "transfer failed"),
+            }
+            Some((id, result))
+        }
+        CallAction::SendDtmf {
+            id,
+            call_sid,
+            digits,
+            token,
+        } => {
+            let Some(control) = &ctx.control else {
+                return Some((
+                    id,
+                    Err("call control is not configured on this line".into()),
+                ));
+            };
+            let Some(stream_url) = &cs.stream_url else {
+                return Some((
+                    id,
+                    Err("the bridge has no public URL to reconnect the call to".into()),
+                ));
+            };
+            let params = vec![(CONTINUATION_PARAM.to_string(), token)];
+            let twiml = crate::twilio::webhook::play_digits_then_stream_twiml(
+                &digits,
+                &crate::twilio::webhook::StreamTwiml {
+                    stream_url,
+                    parameters: &params,
+                    status_callback: None,
+                    fallback: (!cs.fallback.is_empty()).then_some(cs.fallback.as_str()),
+                },
+            );
+            let result = control.update_twiml(&call_sid, &twiml).await;
+            match &result {
+                Ok(()) => {
+                    tracing::info!(digits = digits.len(), "digits sent; stream will reconnect")
                 }
-            },
-            None => tracing::info!("no call control configured; ending the stream to hang up"),
-        },
+                Err(e) => tracing::warn!(error = %e, "sending digits failed"),
+            }
+            Some((id, result))
+        }
+        CallAction::RunTool { .. } | CallAction::CancelTool { .. } => None,
     }
+}
+
+/// Starts an operator webhook tool; its result comes back on `tx`.
+fn spawn_tool(
+    ctx: &CallContext,
+    call: &Call,
+    id: String,
+    name: String,
+    args: serde_json::Value,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, Result<serde_json::Value, String>)>,
+) -> Option<tokio::task::AbortHandle> {
+    let tool = ctx.tool_configs.iter().find(|t| t.name == name).cloned();
+    let (Some(exec), Some(tool)) = (ctx.tools.clone(), tool) else {
+        let _ = tx.send((id, Err(format!("tool {name:?} is not available"))));
+        return None;
+    };
+    let start = call.stream();
+    let tool_ctx = ToolCallContext {
+        call_sid: start.map(|s| s.call_sid.clone()).unwrap_or_default(),
+        stream_sid: start.map(|s| s.stream_sid.clone()).unwrap_or_default(),
+        account_sid: start.map(|s| s.account_sid.clone()).unwrap_or_default(),
+        from: start.and_then(|s| s.custom_parameters.get("from").cloned()),
+        to: start.and_then(|s| s.custom_parameters.get("to").cloned()),
+    };
+    let span = tracing::Span::current();
+    let task = tokio::spawn(
+        async move {
+            let started = Instant::now();
+            let result = exec.execute(&tool, &id, &args, &tool_ctx).await;
+            let ms = started.elapsed().as_millis() as u64;
+            let result = match result {
+                Ok(v) => {
+                    tracing::info!(tool = %tool.name, ms, "webhook tool answered");
+                    Ok(v)
+                }
+                Err(e) => {
+                    tracing::warn!(tool = %tool.name, ms, error = %e, "webhook tool failed");
+                    Err(e.for_model())
+                }
+            };
+            let _ = tx.send((id, result));
+        }
+        .instrument(span),
+    );
+    Some(task.abort_handle())
 }
 
 fn note(ctx: &CallContext, event: CallEvent) {

@@ -12,13 +12,13 @@
 //! - every tool call id gets exactly one response (or is cancelled by the model);
 //! - after [`Output::End`] nothing more is emitted.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::audio::transcode::{AudioError, Downlink, Uplink};
-use crate::config::Config;
+use crate::config::{Config, TransferDestination};
 use crate::gemini::setup::{ActivityDetection, FunctionDeclaration, SetupParams};
 use crate::gemini::wire::{FunctionCall, FunctionResponse, ModelEvent, Role, Turn, UsageMetadata};
 use crate::twilio::wire::{CallerEvent, StreamStart};
@@ -53,10 +53,21 @@ pub struct CallSettings {
     pub max_call: Duration,
     /// Idle time after the last key press before digits go to the model.
     pub dtmf_idle: Duration,
-    /// Longest wait for the agent's goodbye to be heard after `end_call`.
+    /// Longest wait for the agent's last words to be heard after `end_call`,
+    /// `transfer_call` or `send_dtmf`.
     pub end_call_grace: Duration,
-    /// Names of the configured transfer destinations.
-    pub transfer_destinations: Vec<String>,
+    /// Named transfer destinations.
+    pub transfer_destinations: BTreeMap<String, TransferDestination>,
+    /// Free-form numbers the model may transfer to.
+    pub transfer_allow: Option<regex::Regex>,
+    /// Whether `send_dtmf` is declared.
+    pub send_dtmf: bool,
+    /// Operator webhook tools by name.
+    pub webhook_tools: HashSet<String>,
+    /// Caller silence after which the agent is asked to check in and wrap up.
+    pub silence_timeout: Option<Duration>,
+    /// After a wrap-up request, the call ends at the latest this much later.
+    pub wrap_up_grace: Duration,
 }
 
 impl CallSettings {
@@ -76,7 +87,10 @@ impl CallSettings {
             behavior: None,
         }];
         let destinations: Vec<String> = cfg.transfer.destinations.keys().cloned().collect();
-        if !destinations.is_empty() {
+        let transfer_allow = (!cfg.transfer.allow_pattern.is_empty())
+            .then(|| regex::Regex::new(&cfg.transfer.allow_pattern).ok())
+            .flatten();
+        if !destinations.is_empty() || transfer_allow.is_some() {
             let listing = cfg
                 .transfer
                 .destinations
@@ -84,21 +98,60 @@ impl CallSettings {
                 .map(|(name, d)| format!("'{name}': {}", d.description))
                 .collect::<Vec<_>>()
                 .join("; ");
+            let mut destination = json!({
+                "type": "STRING",
+                "description": "Name of the destination."
+            });
+            let mut description = format!(
+                "Transfer the caller to a person or department. First tell the caller you are \
+                 transferring them; the transfer happens once they have heard you. \
+                 Destinations: {listing}."
+            );
+            if transfer_allow.is_some() {
+                description
+                    .push_str(" You may also pass a phone number in E.164 form (+15551234567).");
+                destination["description"] =
+                    json!("Name of the destination, or an E.164 phone number.");
+            } else {
+                destination["enum"] = json!(destinations);
+            }
             tools.push(FunctionDeclaration {
                 name: "transfer_call".into(),
-                description: format!(
-                    "Transfer the caller to a person or department. Tell the caller you are transferring \
-                     them before calling this. Destinations: {listing}."
-                ),
+                description,
                 parameters: Some(json!({
                     "type": "OBJECT",
-                    "properties": {"destination": {
-                        "type": "STRING",
-                        "enum": destinations,
-                        "description": "Name of the destination."
-                    }},
+                    "properties": {"destination": destination},
                     "required": ["destination"]
                 })),
+                behavior: None,
+            });
+        }
+        if cfg.tools.send_dtmf {
+            tools.push(FunctionDeclaration {
+                name: "send_dtmf".into(),
+                description: "Press keys on the phone keypad, e.g. to navigate a phone menu. \
+                    Digits 0-9, * and #; w inserts a half-second pause. The conversation \
+                    continues after the keys are sent."
+                    .into(),
+                parameters: Some(json!({
+                    "type": "OBJECT",
+                    "properties": {"digits": {
+                        "type": "STRING",
+                        "description": "Keys to press, e.g. \"1\" or \"ww123#\"."
+                    }},
+                    "required": ["digits"]
+                })),
+                behavior: None,
+            });
+        }
+        for w in &cfg.tools.webhooks {
+            tools.push(FunctionDeclaration {
+                name: w.name.clone(),
+                description: w.description.clone(),
+                parameters: w
+                    .parameters
+                    .as_ref()
+                    .and_then(|t| serde_json::to_value(t).ok()),
                 behavior: None,
             });
         }
@@ -148,8 +201,14 @@ impl CallSettings {
             ),
             max_call: Duration::from_secs(cfg.limits.max_call_secs),
             dtmf_idle: Duration::from_millis(cfg.limits.dtmf_idle_ms),
-            end_call_grace: Duration::from_secs(8),
-            transfer_destinations: destinations,
+            end_call_grace: Duration::from_millis(cfg.limits.end_call_grace_ms),
+            transfer_destinations: cfg.transfer.destinations.clone(),
+            transfer_allow,
+            send_dtmf: cfg.tools.send_dtmf,
+            webhook_tools: cfg.tools.webhooks.iter().map(|w| w.name.clone()).collect(),
+            silence_timeout: (cfg.limits.silence_timeout_secs > 0)
+                .then(|| Duration::from_secs(cfg.limits.silence_timeout_secs)),
+            wrap_up_grace: Duration::from_millis(cfg.limits.wrap_up_grace_ms),
         }
     }
 }
@@ -174,6 +233,22 @@ pub enum Input {
         /// Close reason (already truncated by the peer).
         reason: String,
     },
+    /// The provider's API carried out (or failed) a transfer or DTMF action.
+    ActionDone {
+        /// The tool call id that asked for it.
+        id: String,
+        /// `Err` with a reason the model can be told.
+        result: Result<(), String>,
+    },
+    /// An operator webhook tool finished.
+    ToolDone {
+        /// The tool call id.
+        id: String,
+        /// The webhook's JSON answer, or what went wrong (for the model).
+        result: Result<serde_json::Value, String>,
+    },
+    /// A continued stream (after `send_dtmf`) took over this parked call.
+    Resumed(StreamStart),
     /// A timer fired (the driver slept until [`Call::poll_timeout`]).
     Tick,
     /// The bridge is shutting down.
@@ -194,6 +269,12 @@ pub enum Output {
     Control(CallAction),
     /// Something worth recording on the call's timeline.
     Event(CallEvent),
+    /// This stream ended as expected after `send_dtmf`: keep the call and its model session
+    /// for the continued stream that will present `token`.
+    Park {
+        /// The continuation token put in the new stream's TwiML.
+        token: String,
+    },
     /// The call is over: close both legs. Nothing follows.
     End(CallEnd),
 }
@@ -232,6 +313,45 @@ pub enum CallAction {
         /// The Twilio call.
         call_sid: String,
     },
+    /// Replace the call's TwiML with a `<Dial>`; answer with [`Input::ActionDone`].
+    Transfer {
+        /// Tool call id.
+        id: String,
+        /// The Twilio call.
+        call_sid: String,
+        /// Destination name (configured) or the number itself.
+        destination: String,
+        /// E.164 number or SIP URI.
+        target: String,
+        /// Whether the configured destination has a whisper.
+        whisper: bool,
+    },
+    /// Play digits into the call, then reconnect a fresh stream that presents `token`;
+    /// answer with [`Input::ActionDone`].
+    SendDtmf {
+        /// Tool call id.
+        id: String,
+        /// The Twilio call.
+        call_sid: String,
+        /// Digits (`0-9*#w`).
+        digits: String,
+        /// Continuation token.
+        token: String,
+    },
+    /// Run an operator webhook tool; answer with [`Input::ToolDone`].
+    RunTool {
+        /// Tool call id.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Arguments.
+        args: serde_json::Value,
+    },
+    /// Abort an operator webhook tool still running (the model cancelled it).
+    CancelTool {
+        /// Tool call id.
+        id: String,
+    },
 }
 
 /// Why a call ended — data, not an error.
@@ -253,6 +373,12 @@ pub enum CallEnd {
     AgentHungUp,
     /// The call reached its maximum duration.
     MaxDuration,
+    /// The caller stayed silent through the wrap-up.
+    SilenceTimeout,
+    /// The call was transferred (`transfer_call`).
+    Transferred,
+    /// A continued stream never came back after `send_dtmf`.
+    ContinuationLost,
     /// The bridge is shutting down.
     Shutdown,
 }
@@ -269,13 +395,22 @@ impl CallEnd {
             CallEnd::ModelLost(_) => "model_lost",
             CallEnd::AgentHungUp => "agent_hung_up",
             CallEnd::MaxDuration => "max_duration",
+            CallEnd::SilenceTimeout => "silence_timeout",
+            CallEnd::Transferred => "transferred",
+            CallEnd::ContinuationLost => "continuation_lost",
             CallEnd::Shutdown => "shutdown",
         }
     }
 
     /// Whether the caller leg is still there to be closed (so Twilio runs the fallback verbs).
     pub fn caller_still_connected(&self) -> bool {
-        !matches!(self, CallEnd::CallerHungUp | CallEnd::CallerDisconnected)
+        !matches!(
+            self,
+            CallEnd::CallerHungUp
+                | CallEnd::CallerDisconnected
+                | CallEnd::Transferred
+                | CallEnd::ContinuationLost
+        )
     }
 }
 
@@ -339,6 +474,16 @@ pub enum CallEvent {
     },
     /// The caller pressed keys (sent to the model).
     Dtmf(String),
+    /// The stream was replaced (after `send_dtmf`) and the same model session continues.
+    Continued {
+        /// The new stream.
+        stream_sid: String,
+    },
+    /// The agent was asked to wrap up the call.
+    WrapUp {
+        /// Why: `silence` or `max_duration`.
+        reason: &'static str,
+    },
     /// The model announced the end of its connection.
     GoAway {
         /// Time left, if given.
@@ -360,6 +505,8 @@ enum Phase {
     SettingUp,
     /// Conversation running.
     Live,
+    /// The stream ended after `send_dtmf`; waiting for the continued stream.
+    Parked,
     /// `End` emitted.
     Ended,
 }
@@ -382,13 +529,51 @@ struct PendingMark {
     last_of_turn: bool,
 }
 
-/// `end_call` was answered; the hang-up waits for the goodbye to be heard.
+/// A call action waiting for the agent's last words to be heard.
 #[derive(Debug)]
-struct HangupPending {
+enum AfterHeard {
+    /// `end_call`: answered already; hang up once the goodbye is heard.
+    HangUp,
+    /// `transfer_call`: answered after the provider's API acted.
+    Transfer {
+        id: String,
+        destination: String,
+        target: String,
+        whisper: bool,
+    },
+    /// `send_dtmf`: answered after the provider's API acted.
+    Dtmf { id: String, digits: String },
+}
+
+#[derive(Debug)]
+struct PendingAction {
+    action: AfterHeard,
     deadline: Instant,
-    /// The model finished its turn after the tool response.
+    /// Wait for the model's `turnComplete` too (`end_call`: the goodbye may follow the answer).
+    wait_turn_complete: bool,
+    /// The model finished its turn since the action was armed.
     model_done: bool,
 }
+
+/// A call action handed to the driver, waiting for [`Input::ActionDone`] (or, after a
+/// successful `send_dtmf`, for the old stream's `stop`).
+#[derive(Debug)]
+struct AwaitingAction {
+    id: String,
+    name: &'static str,
+    /// For `send_dtmf`: the continuation token the next stream will present.
+    token: Option<String>,
+}
+
+/// The agent was asked to wrap up.
+#[derive(Debug)]
+struct WrapUp {
+    deadline: Instant,
+    reason: CallEnd,
+}
+
+/// Mean square of a μ-law frame above which the caller counts as speaking (about -36 dBFS).
+const VOICE_POWER: f64 = 500.0 * 500.0;
 
 /// One call. See the module docs.
 pub struct Call {
@@ -427,7 +612,17 @@ pub struct Call {
     heard: (u32, u32),
 
     answered_tools: HashSet<String>,
-    hangup: Option<HangupPending>,
+    action: Option<PendingAction>,
+    awaiting: Option<AwaitingAction>,
+    /// Operator webhook tools in flight: id → name.
+    running_tools: HashMap<String, String>,
+    /// After a successful transfer, the coming `stop` ends the call as transferred.
+    transferred: bool,
+    wrap_up: Option<WrapUp>,
+    /// Last time the caller spoke or the agent's audio was playing.
+    last_activity: Instant,
+    /// Continuation tokens issued by this call.
+    tokens_issued: u32,
 
     dtmf: String,
     dtmf_deadline: Option<Instant>,
@@ -466,7 +661,13 @@ impl Call {
             cleared_marks: HashSet::new(),
             heard: (0, 0),
             answered_tools: HashSet::new(),
-            hangup: None,
+            action: None,
+            awaiting: None,
+            running_tools: HashMap::new(),
+            transferred: false,
+            wrap_up: None,
+            last_activity: now,
+            tokens_issued: 0,
             dtmf: String::new(),
             dtmf_deadline: None,
             resume_handle: None,
@@ -524,9 +725,18 @@ impl Call {
             ),
             _ => {}
         }
-        consider(Some(self.created + self.settings.max_call));
+        if self.wrap_up.is_none() {
+            consider(Some(self.created + self.settings.max_call));
+        }
         consider(self.dtmf_deadline);
-        consider(self.hangup.as_ref().map(|h| h.deadline));
+        consider(self.action.as_ref().map(|h| h.deadline));
+        consider(self.wrap_up.as_ref().map(|w| w.deadline));
+        if self.phase == Phase::Live && self.wrap_up.is_none() {
+            if let Some(t) = self.settings.silence_timeout {
+                let busy_until = self.queued_until.unwrap_or(self.last_activity);
+                consider(Some(self.last_activity.max(busy_until) + t));
+            }
+        }
         if self.pending.len() >= FRAME_BYTES || self.final_mark_due() {
             // Wake when one more frame fits under the lead target.
             let due = match self.queued_until {
@@ -569,15 +779,24 @@ impl Call {
                     self.end(CallEnd::ModelUnavailable(why));
                 }
             }
+            Input::ActionDone { id, result } => self.on_action_done(id, result),
+            Input::ToolDone { id, result } => {
+                if let Some(name) = self.running_tools.remove(&id) {
+                    self.respond(id, name, result);
+                } else {
+                    tracing::debug!(id, "result of a cancelled tool call dropped");
+                }
+            }
+            Input::Resumed(start) => self.on_resumed(start, now),
             Input::Tick => {}
             Input::Shutdown => self.end(CallEnd::Shutdown),
         }
-        if self.phase != Phase::Ended {
+        if !matches!(self.phase, Phase::Ended | Phase::Parked) {
             self.check_timers(now);
         }
-        if self.phase != Phase::Ended {
+        if !matches!(self.phase, Phase::Ended | Phase::Parked) {
             self.pump(now);
-            self.check_hangup(now);
+            self.check_action(now);
         }
     }
 
@@ -629,6 +848,7 @@ impl Call {
                     }
                 }
                 Phase::Live => {
+                    self.note_caller_voice(&frame.payload, now);
                     self.uplink_out.clear();
                     self.uplink.process(&frame.payload, &mut self.uplink_out);
                     if !self.uplink_out.is_empty() {
@@ -636,7 +856,7 @@ impl Call {
                             .push_back(Output::ToModel(ModelOut::Audio(self.uplink_out.clone())));
                     }
                 }
-                Phase::Ended => {}
+                Phase::Parked | Phase::Ended => {}
             },
             CallerEvent::Dtmf { digit } => {
                 self.dtmf.push(digit);
@@ -647,7 +867,16 @@ impl Call {
                 }
             }
             CallerEvent::Mark { name } => self.on_mark(&name),
-            CallerEvent::Stop => self.end(CallEnd::CallerHungUp),
+            CallerEvent::Stop => {
+                if let Some(token) = self.awaiting_continuation() {
+                    self.phase = Phase::Parked;
+                    self.outputs.push_back(Output::Park { token });
+                } else if self.transferred {
+                    self.end(CallEnd::Transferred);
+                } else {
+                    self.end(CallEnd::CallerHungUp);
+                }
+            }
         }
     }
 
@@ -698,6 +927,7 @@ impl Call {
             }
             ModelEvent::Text(_) => {}
             ModelEvent::InputTranscription(t) => {
+                self.last_activity = now;
                 self.outputs
                     .push_back(Output::Event(CallEvent::CallerTranscript(t)));
             }
@@ -712,7 +942,7 @@ impl Call {
             ModelEvent::TurnComplete => {
                 self.finish_generation();
                 self.discarding = false;
-                if let Some(h) = self.hangup.as_mut() {
+                if let Some(h) = self.action.as_mut() {
                     h.model_done = true;
                 }
             }
@@ -723,9 +953,9 @@ impl Call {
                 }
             }
             ModelEvent::ToolCallCancellation(ids) => {
-                // Tools are answered synchronously, so nothing is in flight to cancel; a
-                // cancelled end_call is withdrawn.
-                tracing::debug!(?ids, "tool calls cancelled by the model");
+                for id in ids {
+                    self.on_tool_cancelled(id);
+                }
             }
             ModelEvent::GoAway { time_left } => {
                 self.outputs.push_back(Output::Event(CallEvent::GoAway {
@@ -768,63 +998,268 @@ impl Call {
             name: call.name.clone(),
             args: call.args.clone(),
         }));
-        let response = match call.name.as_str() {
+        let busy = self.action.is_some() || self.awaiting.is_some();
+        let arg = |k: &str| {
+            call.args
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let transfers = !self.settings.transfer_destinations.is_empty()
+            || self.settings.transfer_allow.is_some();
+        match call.name.as_str() {
             "end_call" => {
-                self.hangup = Some(HangupPending {
+                if self.awaiting.is_some() {
+                    let e = "a transfer or key press is in progress; the call cannot be ended now";
+                    return self.respond(call.id, call.name, Err(e.into()));
+                }
+                self.action = Some(PendingAction {
+                    action: AfterHeard::HangUp,
                     deadline: now + self.settings.end_call_grace,
+                    wait_turn_complete: true,
                     model_done: false,
                 });
-                Ok(
-                    json!({"result": "ok", "note": "The call ends once the caller has heard your goodbye."}),
-                )
+                let ok = json!({"result": "ok", "note": "The call ends once the caller has heard your goodbye."});
+                self.respond(call.id, call.name, Ok(ok));
             }
-            "transfer_call" => {
-                let dest = call
-                    .args
-                    .get("destination")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
-                if self.settings.transfer_destinations.is_empty() {
-                    Err("transfers are not configured on this line".to_string())
-                } else if !self
-                    .settings
-                    .transfer_destinations
-                    .iter()
-                    .any(|d| d == dest)
-                {
-                    Err(format!(
-                        "unknown destination {dest:?}; choose one of: {}",
-                        self.settings.transfer_destinations.join(", ")
-                    ))
-                } else {
-                    Err(
-                        "transfers are not available yet; offer to help the caller yourself"
-                            .to_string(),
-                    )
+            "transfer_call" if transfers => {
+                if busy {
+                    let e = "another call action is in progress";
+                    return self.respond(call.id, call.name, Err(e.into()));
                 }
+                let dest = arg("destination");
+                let target = match self.settings.transfer_destinations.get(&dest) {
+                    Some(d) => Some((d.target.clone(), !d.whisper.is_empty())),
+                    None => self
+                        .settings
+                        .transfer_allow
+                        .as_ref()
+                        .filter(|re| crate::config::is_e164(&dest) && re.is_match(&dest))
+                        .map(|_| (dest.clone(), false)),
+                };
+                let Some((target, whisper)) = target else {
+                    let names: Vec<&str> = self
+                        .settings
+                        .transfer_destinations
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    let e =
+                        format!(
+                        "cannot transfer to {dest:?}: not a configured destination or an allowed \
+                         number; destinations: {}",
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    );
+                    return self.respond(call.id, call.name, Err(e));
+                };
+                // The hand-off sentence came before the call: play it out first.
+                self.finish_generation();
+                self.action = Some(PendingAction {
+                    action: AfterHeard::Transfer {
+                        id: call.id,
+                        destination: dest,
+                        target,
+                        whisper,
+                    },
+                    deadline: now + self.settings.end_call_grace,
+                    wait_turn_complete: false,
+                    model_done: false,
+                });
             }
-            other => Err(format!(
-                "unknown tool {other:?}; no such function is available"
-            )),
-        };
-        let ok = response.is_ok();
-        let body = match response {
+            "send_dtmf" if self.settings.send_dtmf => {
+                if busy {
+                    let e = "another call action is in progress";
+                    return self.respond(call.id, call.name, Err(e.into()));
+                }
+                let digits = arg("digits");
+                let valid = !digits.is_empty()
+                    && digits.len() <= 32
+                    && digits
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'w' | 'W'));
+                if !valid {
+                    let e = format!(
+                        "invalid digits {digits:?}: use 0-9, *, # and w (pause), at most 32"
+                    );
+                    return self.respond(call.id, call.name, Err(e));
+                }
+                self.finish_generation();
+                self.action = Some(PendingAction {
+                    action: AfterHeard::Dtmf {
+                        id: call.id,
+                        digits: digits.to_ascii_lowercase(),
+                    },
+                    deadline: now + self.settings.end_call_grace,
+                    wait_turn_complete: false,
+                    model_done: false,
+                });
+            }
+            name if self.settings.webhook_tools.contains(name) => {
+                self.running_tools
+                    .insert(call.id.clone(), call.name.clone());
+                self.outputs.push_back(Output::Control(CallAction::RunTool {
+                    id: call.id,
+                    name: call.name,
+                    args: call.args,
+                }));
+            }
+            other => {
+                let e = format!("unknown tool {other:?}; no such function is available");
+                self.respond(call.id, call.name, Err(e));
+            }
+        }
+    }
+
+    /// Sends the one response for a tool call id.
+    fn respond(&mut self, id: String, name: String, result: Result<serde_json::Value, String>) {
+        let ok = result.is_ok();
+        let body = match result {
             Ok(v) => json!({ "output": v }),
             Err(e) => json!({ "error": e }),
         };
         self.outputs
             .push_back(Output::ToModel(ModelOut::ToolResponse(vec![
                 FunctionResponse {
-                    id: call.id.clone(),
-                    name: call.name.clone(),
+                    id: id.clone(),
+                    name: name.clone(),
                     response: body,
                 },
             ])));
-        self.outputs.push_back(Output::Event(CallEvent::ToolResult {
-            id: call.id,
-            name: call.name,
-            ok,
+        self.outputs
+            .push_back(Output::Event(CallEvent::ToolResult { id, name, ok }));
+    }
+
+    /// The model withdrew a tool call: no response is sent for it.
+    fn on_tool_cancelled(&mut self, id: String) {
+        if self.running_tools.remove(&id).is_some() {
+            tracing::info!(id, "tool call cancelled by the model; request aborted");
+            self.outputs
+                .push_back(Output::Control(CallAction::CancelTool { id }));
+            return;
+        }
+        let pending = self.action.as_ref().is_some_and(|a| match &a.action {
+            AfterHeard::Transfer { id: x, .. } | AfterHeard::Dtmf { id: x, .. } => *x == id,
+            AfterHeard::HangUp => false,
+        });
+        if pending {
+            tracing::info!(id, "call action cancelled by the model before it ran");
+            self.action = None;
+        } else {
+            tracing::debug!(id, "cancellation for a tool call already answered");
+        }
+    }
+
+    /// The caller cut the agent off before a call action ran: do not act on it. The hand-off
+    /// sentence (or goodbye) was not heard to its end, so the caller never confirmed it.
+    fn withdraw_action_on_barge_in(&mut self) {
+        match self.action.take().map(|a| a.action) {
+            Some(AfterHeard::Transfer { id, .. }) => self.respond(
+                id,
+                "transfer_call".into(),
+                Err(
+                    "not transferred: the caller interrupted before hearing the hand-off. Ask \
+                     whether they still want to be transferred and call transfer_call again if so."
+                        .into(),
+                ),
+            ),
+            Some(AfterHeard::Dtmf { id, .. }) => self.respond(
+                id,
+                "send_dtmf".into(),
+                Err(
+                    "keys not sent: the caller interrupted. Call send_dtmf again if still needed."
+                        .into(),
+                ),
+            ),
+            Some(AfterHeard::HangUp) => {
+                self.outputs.push_back(Output::ToModel(ModelOut::Text(
+                    "[The caller interrupted your goodbye, so the call is still connected. If they \
+                     need more help, help them; otherwise say goodbye and call end_call again.]"
+                        .into(),
+                )));
+            }
+            None => {}
+        }
+    }
+
+    fn on_action_done(&mut self, id: String, result: Result<(), String>) {
+        let Some(awaiting) = self.awaiting.take_if(|a| a.id == id) else {
+            tracing::debug!(id, "result for an action no longer awaited");
+            return;
+        };
+        match (awaiting.name, result) {
+            ("transfer_call", Ok(())) => {
+                self.transferred = true;
+                let ok = json!({"result": "transferring"});
+                self.respond(id, "transfer_call".into(), Ok(ok));
+            }
+            ("send_dtmf", Ok(())) => {
+                // The stream is being replaced; the model session stays. Keep the token
+                // until the old stream's `stop` parks the call.
+                self.awaiting = Some(AwaitingAction {
+                    id: String::new(),
+                    name: "continuation",
+                    token: awaiting.token,
+                });
+                let ok = json!({"result": "keys sent; the line stays connected"});
+                self.respond(id, "send_dtmf".into(), Ok(ok));
+            }
+            (name, Err(e)) => {
+                let e = format!("the phone system refused: {e}. Tell the caller it did not work.");
+                self.respond(id, name.into(), Err(e));
+            }
+            (name, Ok(())) => tracing::debug!(name, "unexpected action result"),
+        }
+    }
+
+    fn awaiting_continuation(&self) -> Option<String> {
+        self.awaiting.as_ref().and_then(|a| a.token.clone())
+    }
+
+    /// A continued stream took over after `send_dtmf`: same model session, new Twilio stream.
+    fn on_resumed(&mut self, start: StreamStart, now: Instant) {
+        if self.phase != Phase::Parked {
+            tracing::warn!("continued stream for a call that is not parked");
+            return;
+        }
+        self.awaiting = None;
+        self.outputs.push_back(Output::Event(CallEvent::Continued {
+            stream_sid: start.stream_sid.clone(),
         }));
+        self.start = Some(start);
+        self.phase = Phase::Live;
+        // Nothing is queued at the new stream, and marks of the old one never come back.
+        self.queued_until = None;
+        self.marks.clear();
+        self.cleared_marks.clear();
+        self.uplink.reset();
+        self.last_activity = now;
+    }
+
+    fn note_caller_voice(&mut self, ulaw: &[u8], now: Instant) {
+        if ulaw.is_empty() {
+            return;
+        }
+        let power = ulaw
+            .iter()
+            .map(|&b| {
+                let v = f64::from(crate::audio::g711::ulaw_decode(b));
+                v * v
+            })
+            .sum::<f64>()
+            / ulaw.len() as f64;
+        if power > VOICE_POWER {
+            self.last_activity = now;
+            if self
+                .wrap_up
+                .as_ref()
+                .is_some_and(|w| w.reason == CallEnd::SilenceTimeout)
+            {
+                tracing::info!("caller spoke again; silence wrap-up withdrawn");
+                self.wrap_up = None;
+            }
+        }
     }
 
     fn on_interrupted(&mut self, now: Instant) {
@@ -856,6 +1291,7 @@ impl Call {
                 heard_ms,
                 sent_ms,
             }));
+        self.withdraw_action_on_barge_in();
     }
 
     /// The model finished generating the current turn: flush the resampler's tail and pad the
@@ -1015,35 +1451,141 @@ impl Call {
             }
             _ => {}
         }
-        if now >= self.created + self.settings.max_call {
-            self.end(CallEnd::MaxDuration);
-            return;
+        if let Some(w) = &self.wrap_up {
+            if now >= w.deadline {
+                let reason = w.reason.clone();
+                tracing::info!(
+                    reason = reason.as_str(),
+                    "wrap-up grace over; ending the call"
+                );
+                self.wrap_up = None;
+                self.hang_up(reason);
+                return;
+            }
+        } else if now >= self.created + self.settings.max_call {
+            self.start_wrap_up(
+                now,
+                CallEnd::MaxDuration,
+                "[The call has reached its maximum length. Tell the caller politely, say goodbye \
+                 and call end_call now.]"
+                    .into(),
+            );
+        } else if let Some(t) = self.settings.silence_timeout {
+            let agent_busy = self.queued_until.is_some_and(|q| q > now)
+                || !self.pending.is_empty()
+                || self.generating.is_some();
+            if agent_busy {
+                self.last_activity = now;
+            } else if self.phase == Phase::Live
+                && self.action.is_none()
+                && self.awaiting.is_none()
+                && now >= self.last_activity + t
+            {
+                self.start_wrap_up(
+                    now,
+                    CallEnd::SilenceTimeout,
+                    format!(
+                        "[The caller has said nothing for {} seconds. Ask whether they are still \
+                         there; if they do not answer, say goodbye and call end_call.]",
+                        t.as_secs()
+                    ),
+                );
+            }
         }
+
         if self.dtmf_deadline.is_some_and(|d| now >= d) {
             self.flush_dtmf();
         }
     }
 
-    /// After `end_call`: hang up once the model is done and the caller heard everything, or at
-    /// the deadline.
-    fn check_hangup(&mut self, now: Instant) {
-        let Some(h) = &self.hangup else { return };
-        let heard_all = h.model_done
+    fn start_wrap_up(&mut self, now: Instant, reason: CallEnd, text: String) {
+        let why = if reason == CallEnd::MaxDuration {
+            "max_duration"
+        } else {
+            "silence"
+        };
+        tracing::info!(reason = why, "asking the agent to wrap up");
+        self.outputs
+            .push_back(Output::Event(CallEvent::WrapUp { reason: why }));
+        if self.phase == Phase::Live {
+            self.outputs
+                .push_back(Output::ToModel(ModelOut::Text(text)));
+        }
+        self.wrap_up = Some(WrapUp {
+            deadline: now + self.settings.wrap_up_grace,
+            reason,
+        });
+    }
+
+    /// Hangs up through the provider (when the stream is known) and ends the call.
+    fn hang_up(&mut self, why: CallEnd) {
+        if let Some(start) = &self.start {
+            self.outputs.push_back(Output::Control(CallAction::HangUp {
+                call_sid: start.call_sid.clone(),
+            }));
+        }
+        self.end(why);
+    }
+
+    /// Runs a pending call action once the caller heard everything queued before it (and,
+    /// for `end_call`, the model finished its turn), or at the deadline.
+    fn check_action(&mut self, now: Instant) {
+        let Some(a) = &self.action else { return };
+        let heard_all = (!a.wait_turn_complete || a.model_done)
             && self.generating.is_none()
             && self.pending.is_empty()
             && self.turns.is_empty()
             && self.marks.is_empty();
-        if heard_all || now >= h.deadline {
-            if !heard_all {
-                tracing::info!("goodbye not finished within the end_call grace; hanging up");
+        if !heard_all && now < a.deadline {
+            return;
+        }
+        if !heard_all {
+            tracing::info!("agent's last words not heard within the grace; acting anyway");
+        }
+        let Some(a) = self.action.take() else { return };
+        let call_sid = self
+            .start
+            .as_ref()
+            .map(|s| s.call_sid.clone())
+            .unwrap_or_default();
+        match a.action {
+            AfterHeard::HangUp => self.hang_up(CallEnd::AgentHungUp),
+            AfterHeard::Transfer {
+                id,
+                destination,
+                target,
+                whisper,
+            } => {
+                self.awaiting = Some(AwaitingAction {
+                    id: id.clone(),
+                    name: "transfer_call",
+                    token: None,
+                });
+                self.outputs
+                    .push_back(Output::Control(CallAction::Transfer {
+                        id,
+                        call_sid,
+                        destination,
+                        target,
+                        whisper,
+                    }));
             }
-            self.hangup = None;
-            if let Some(start) = &self.start {
-                self.outputs.push_back(Output::Control(CallAction::HangUp {
-                    call_sid: start.call_sid.clone(),
-                }));
+            AfterHeard::Dtmf { id, digits } => {
+                self.tokens_issued += 1;
+                let token = format!("{:016x}{:04x}", rand::random::<u64>(), self.tokens_issued);
+                self.awaiting = Some(AwaitingAction {
+                    id: id.clone(),
+                    name: "send_dtmf",
+                    token: Some(token.clone()),
+                });
+                self.outputs
+                    .push_back(Output::Control(CallAction::SendDtmf {
+                        id,
+                        call_sid,
+                        digits,
+                        token,
+                    }));
             }
-            self.end(CallEnd::AgentHungUp);
         }
     }
 
@@ -1061,6 +1603,7 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TransferDestination;
     use crate::twilio::wire::MediaFrame;
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -1515,5 +2058,424 @@ mod tests {
             t0,
         );
         assert_eq!(call.resume_handle(), Some("h1"));
+    }
+
+    fn settings_with(tweak: impl FnOnce(&mut Config)) -> Arc<CallSettings> {
+        let mut cfg = Config::default();
+        cfg.transfer.destinations.insert(
+            "billing".into(),
+            TransferDestination {
+                target: "+14155550100".into(),
+                description: "Billing".into(),
+                whisper: "A caller for billing".into(),
+            },
+        );
+        tweak(&mut cfg);
+        Arc::new(CallSettings::from_config(&cfg))
+    }
+
+    fn live_with(settings: Arc<CallSettings>, t0: Instant) -> Call {
+        let mut call = Call::new(settings, t0).expect("pipeline");
+        call.handle_input(Input::Caller(start_event()), t0);
+        call.handle_input(Input::ModelConnected, t0);
+        call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+        drain(&mut call);
+        call
+    }
+
+    fn tool_call_with(id: &str, name: &str, args: serde_json::Value) -> Input {
+        Input::Model(ModelEvent::ToolCall(vec![FunctionCall {
+            id: id.into(),
+            name: name.into(),
+            args,
+        }]))
+    }
+
+    /// Plays everything queued and echoes every mark as played.
+    fn play_out(call: &mut Call, mut t: Instant) -> (Instant, Vec<Output>) {
+        let mut all = Vec::new();
+        for _ in 0..600 {
+            t += Duration::from_millis(20);
+            call.handle_input(Input::Tick, t);
+            let outs = drain(call);
+            let ms = marks(&outs);
+            all.extend(outs);
+            for m in ms {
+                call.handle_input(Input::Caller(CallerEvent::Mark { name: m }), t);
+                all.extend(drain(call));
+            }
+        }
+        (t, all)
+    }
+
+    #[test]
+    fn declares_transfer_and_dtmf_tools_from_config() {
+        let s = settings_with(|_| {});
+        let names: Vec<&str> = s.setup.tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["end_call", "transfer_call", "send_dtmf"]);
+        let t = &s.setup.tools[1];
+        assert!(t.description.contains("'billing': Billing"));
+        assert_eq!(
+            t.parameters.as_ref().unwrap()["properties"]["destination"]["enum"],
+            json!(["billing"])
+        );
+        let none = Arc::new(CallSettings::from_config(&Config::default()));
+        assert!(!none.setup.tools.iter().any(|t| t.name == "transfer_call"));
+    }
+
+    #[test]
+    fn transfer_waits_for_the_hand_off_to_be_heard_then_reports_the_outcome() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(400))), t0);
+        call.handle_input(
+            tool_call_with("fc-1", "transfer_call", json!({"destination": "billing"})),
+            t0,
+        );
+        let outs = drain(&mut call);
+        assert!(
+            tool_responses(&outs).is_empty(),
+            "answered only after the provider acted"
+        );
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::Control(_))),
+            "not before the hand-off is heard"
+        );
+        let (t, outs) = play_out(&mut call, t0);
+        let action = outs.iter().find_map(|o| match o {
+            Output::Control(CallAction::Transfer {
+                id,
+                target,
+                whisper,
+                destination,
+                ..
+            }) => Some((id.clone(), target.clone(), *whisper, destination.clone())),
+            _ => None,
+        });
+        assert_eq!(
+            action,
+            Some(("fc-1".into(), "+14155550100".into(), true, "billing".into()))
+        );
+        call.handle_input(
+            Input::ActionDone {
+                id: "fc-1".into(),
+                result: Ok(()),
+            },
+            t,
+        );
+        let r = tool_responses(&drain(&mut call));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].response.get("output").is_some());
+        call.handle_input(Input::Caller(CallerEvent::Stop), t);
+        assert!(matches!(
+            drain(&mut call).last(),
+            Some(Output::End(CallEnd::Transferred))
+        ));
+    }
+
+    #[test]
+    fn transfer_failure_is_spoken_back_and_unknown_numbers_are_refused() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(
+            tool_call_with(
+                "fc-1",
+                "transfer_call",
+                json!({"destination": "+15551234567"}),
+            ),
+            t0,
+        );
+        let r = tool_responses(&drain(&mut call));
+        assert!(
+            r[0].response["error"].as_str().unwrap().contains("billing"),
+            "{r:?}"
+        );
+        call.handle_input(
+            tool_call_with("fc-2", "transfer_call", json!({"destination": "billing"})),
+            t0,
+        );
+        let (t, outs) = play_out(&mut call, t0);
+        assert!(outs
+            .iter()
+            .any(|o| matches!(o, Output::Control(CallAction::Transfer { .. }))));
+        call.handle_input(
+            Input::ActionDone {
+                id: "fc-2".into(),
+                result: Err("twilio answered http 400 (code 21220)".into()),
+            },
+            t,
+        );
+        let r = tool_responses(&drain(&mut call));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].response["error"].as_str().unwrap().contains("21220"));
+        // The call goes on: a stop now is a normal hang-up.
+        call.handle_input(Input::Caller(CallerEvent::Stop), t);
+        assert!(matches!(
+            drain(&mut call).last(),
+            Some(Output::End(CallEnd::CallerHungUp))
+        ));
+    }
+
+    #[test]
+    fn free_form_numbers_need_the_allow_pattern() {
+        let t0 = Instant::now();
+        let mut call = live_with(
+            settings_with(|c| c.transfer.allow_pattern = r"^\+1415\d{7}$".into()),
+            t0,
+        );
+        call.handle_input(
+            tool_call_with(
+                "fc-1",
+                "transfer_call",
+                json!({"destination": "+14155559999"}),
+            ),
+            t0,
+        );
+        call.handle_input(
+            tool_call_with(
+                "fc-2",
+                "transfer_call",
+                json!({"destination": "+12125559999"}),
+            ),
+            t0,
+        );
+        let outs = drain(&mut call);
+        let r = tool_responses(&outs);
+        assert_eq!(
+            r.len(),
+            1,
+            "the second is refused at once (another action is pending)"
+        );
+        // Nothing was playing, so the transfer runs at once.
+        assert!(outs.iter().any(|o| matches!(o, Output::Control(CallAction::Transfer { target, .. }) if target == "+14155559999")));
+    }
+
+    #[test]
+    fn barge_in_during_the_hand_off_cancels_the_transfer() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(2000))), t0);
+        call.handle_input(
+            tool_call_with("fc-1", "transfer_call", json!({"destination": "billing"})),
+            t0,
+        );
+        drain(&mut call);
+        let t1 = t0 + Duration::from_millis(300);
+        call.handle_input(Input::Tick, t1);
+        call.handle_input(Input::Model(ModelEvent::Interrupted), t1);
+        let outs = drain(&mut call);
+        let r = tool_responses(&outs);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].response["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"));
+        let (_, outs) = play_out(&mut call, t1);
+        assert!(!outs
+            .iter()
+            .any(|o| matches!(o, Output::Control(CallAction::Transfer { .. }))));
+        // A cancellation from the model instead withdraws it without a response.
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(2000))), t0);
+        call.handle_input(
+            tool_call_with("fc-2", "transfer_call", json!({"destination": "billing"})),
+            t0,
+        );
+        call.handle_input(
+            Input::Model(ModelEvent::ToolCallCancellation(vec!["fc-2".into()])),
+            t1,
+        );
+        call.handle_input(Input::Model(ModelEvent::Interrupted), t1);
+        let (_, outs) = play_out(&mut call, t1);
+        let mut all = drain(&mut call);
+        all.extend(outs);
+        assert!(tool_responses(&all).is_empty());
+    }
+
+    #[test]
+    fn send_dtmf_parks_the_call_and_the_continued_stream_resumes_it() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(
+            tool_call_with("fc-1", "send_dtmf", json!({"digits": "bad!"})),
+            t0,
+        );
+        assert!(tool_responses(&drain(&mut call))[0]
+            .response
+            .get("error")
+            .is_some());
+        call.handle_input(
+            tool_call_with("fc-2", "send_dtmf", json!({"digits": "1W2#"})),
+            t0,
+        );
+        let (t, outs) = play_out(&mut call, t0);
+        let token = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::Control(CallAction::SendDtmf { digits, token, .. }) => {
+                    assert_eq!(digits, "1w2#");
+                    Some(token.clone())
+                }
+                _ => None,
+            })
+            .expect("dtmf action");
+        call.handle_input(
+            Input::ActionDone {
+                id: "fc-2".into(),
+                result: Ok(()),
+            },
+            t,
+        );
+        let r = tool_responses(&drain(&mut call));
+        assert!(r[0].response.get("output").is_some());
+        call.handle_input(Input::Caller(CallerEvent::Stop), t);
+        let outs = drain(&mut call);
+        assert!(matches!(outs.last(), Some(Output::Park { token: k }) if *k == token));
+        assert!(!call.is_ended());
+        // The continued stream.
+        let mut start = match start_event() {
+            CallerEvent::Start(s) => s,
+            _ => unreachable!(),
+        };
+        start.stream_sid = "MZ99999999999999999999999999999999".into();
+        call.handle_input(Input::Resumed(start), t);
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(o, Output::Event(CallEvent::Continued { stream_sid }) if stream_sid.starts_with("MZ9"))));
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), t);
+        assert!(
+            media_count(&drain(&mut call)) > 0,
+            "audio flows on the new stream"
+        );
+        call.handle_input(Input::Caller(media(1)), t);
+        assert!(drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::ToModel(ModelOut::Audio(_)))));
+    }
+
+    #[test]
+    fn webhook_tools_run_and_cancel() {
+        let t0 = Instant::now();
+        let mut call = live_with(
+            settings_with(|c| {
+                c.tools.webhooks.push(crate::config::WebhookToolConfig {
+                    name: "lookup_order".into(),
+                    description: "Look up an order".into(),
+                    parameters: None,
+                    url: "http://127.0.0.1:1/x".into(),
+                    timeout_ms: 1000,
+                })
+            }),
+            t0,
+        );
+        call.handle_input(tool_call_with("fc-1", "lookup_order", json!({"n": 1})), t0);
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(o, Output::Control(CallAction::RunTool { id, name, .. }) if id == "fc-1" && name == "lookup_order")));
+        assert!(tool_responses(&outs).is_empty());
+        call.handle_input(
+            Input::ToolDone {
+                id: "fc-1".into(),
+                result: Ok(json!({"status": "shipped"})),
+            },
+            t0,
+        );
+        let r = tool_responses(&drain(&mut call));
+        assert_eq!(r[0].response, json!({"output": {"status": "shipped"}}));
+        call.handle_input(tool_call_with("fc-2", "lookup_order", json!({})), t0);
+        drain(&mut call);
+        call.handle_input(
+            Input::Model(ModelEvent::ToolCallCancellation(vec!["fc-2".into()])),
+            t0,
+        );
+        let outs = drain(&mut call);
+        assert!(outs
+            .iter()
+            .any(|o| matches!(o, Output::Control(CallAction::CancelTool { id }) if id == "fc-2")));
+        call.handle_input(
+            Input::ToolDone {
+                id: "fc-2".into(),
+                result: Ok(json!({})),
+            },
+            t0,
+        );
+        assert!(
+            tool_responses(&drain(&mut call)).is_empty(),
+            "no response after cancellation"
+        );
+    }
+
+    #[test]
+    fn max_duration_asks_for_a_goodbye_then_ends_after_the_grace() {
+        let t0 = Instant::now();
+        let s = settings_with(|c| {
+            c.limits.max_call_secs = 60;
+            c.limits.wrap_up_grace_ms = 10_000;
+            c.limits.silence_timeout_secs = 0;
+        });
+        let mut call = live_with(s, t0);
+        let due = call.poll_timeout().unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(60));
+        call.handle_input(Input::Tick, due);
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Event(CallEvent::WrapUp {
+                reason: "max_duration"
+            })
+        )));
+        assert!(outs.iter().any(
+            |o| matches!(o, Output::ToModel(ModelOut::Text(t)) if t.contains("maximum length"))
+        ));
+        let due = call.poll_timeout().unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(70));
+        call.handle_input(Input::Tick, due);
+        let outs = drain(&mut call);
+        assert!(outs
+            .iter()
+            .any(|o| matches!(o, Output::Control(CallAction::HangUp { .. }))));
+        assert!(matches!(
+            outs.last(),
+            Some(Output::End(CallEnd::MaxDuration))
+        ));
+    }
+
+    #[test]
+    fn silence_timeout_wraps_up_unless_the_caller_speaks_again() {
+        let t0 = Instant::now();
+        let s = settings_with(|c| {
+            c.limits.silence_timeout_secs = 10;
+            c.limits.wrap_up_grace_ms = 5_000;
+        });
+        let mut call = live_with(s, t0);
+        let due = call.poll_timeout().unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(10));
+        call.handle_input(Input::Tick, due);
+        assert!(drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::Event(CallEvent::WrapUp { reason: "silence" }))));
+        // The caller speaks: the wrap-up is withdrawn.
+        let loud: Vec<u8> = (0..160)
+            .map(|i| if i % 2 == 0 { 0x10 } else { 0x90 })
+            .collect();
+        call.handle_input(
+            Input::Caller(CallerEvent::Media(MediaFrame {
+                chunk: 9,
+                timestamp_ms: 0,
+                track: "inbound".into(),
+                payload: loud,
+            })),
+            due + Duration::from_secs(1),
+        );
+        call.handle_input(Input::Tick, due + Duration::from_secs(6));
+        assert!(!drain(&mut call).iter().any(|o| matches!(o, Output::End(_))));
+        // Silence again: wrap-up, then the end after the grace.
+        let due = call.poll_timeout().unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(21));
+        call.handle_input(Input::Tick, due);
+        drain(&mut call);
+        call.handle_input(Input::Tick, due + Duration::from_secs(5));
+        assert!(matches!(
+            drain(&mut call).last(),
+            Some(Output::End(CallEnd::SilenceTimeout))
+        ));
     }
 }

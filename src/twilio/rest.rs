@@ -189,19 +189,40 @@ impl CallControl for TwilioRest {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn update_twiml<'a>(
+        &'a self,
+        call_sid: &'a str,
+        twiml: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.update_call(call_sid, &[("Twiml", twiml)])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// The REST client when the account SID and auth token are configured.
 pub fn control_from_config(cfg: &Config) -> Option<Arc<dyn CallControl>> {
     let t = &cfg.twilio;
-    if t.account_sid.is_empty() || t.auth_token.is_empty() {
+    if t.account_sid.is_empty() {
         return None;
     }
+    // An API key (SK…) with its secret is preferred over the account's auth token.
+    let (user, secret) = if !t.api_key_sid.is_empty() && !t.api_secret.is_empty() {
+        (t.api_key_sid.as_str(), t.api_secret.clone())
+    } else if !t.auth_token.is_empty() {
+        (t.account_sid.as_str(), t.auth_token.clone())
+    } else {
+        return None;
+    };
     Some(Arc::new(TwilioRest::new(
         &t.api_base,
         &t.account_sid,
-        &t.account_sid,
-        t.auth_token.clone(),
+        user,
+        secret,
     )))
 }
 

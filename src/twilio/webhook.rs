@@ -80,6 +80,69 @@ pub fn connect_stream_twiml(t: &StreamTwiml<'_>) -> String {
     out
 }
 
+/// `<Play digits>` into the call, then a fresh `<Connect><Stream>` back to the bridge (the
+/// REST update that carries this ends the current stream; telephony.md §3.4).
+pub fn play_digits_then_stream_twiml(digits: &str, t: &StreamTwiml<'_>) -> String {
+    let stream = connect_stream_twiml(t);
+    let mut play = String::from("<Play");
+    push_attr(&mut play, "digits", digits);
+    play.push_str(" />");
+    stream.replacen("<Response>", &format!("<Response>{play}"), 1)
+}
+
+/// Inputs of a transfer's `<Dial>`.
+pub struct DialTwiml<'a> {
+    /// E.164 number or `sip:` URI.
+    pub target: &'a str,
+    /// `callerId` attribute.
+    pub caller_id: Option<&'a str>,
+    /// Seconds to ring.
+    pub timeout_secs: u32,
+    /// TwiML URL played to the answering party before connecting (`<Number url>`).
+    pub whisper_url: Option<&'a str>,
+    /// Verbs after `</Dial>` (run when the dialled party does not answer).
+    pub fallback: Option<&'a str>,
+}
+
+/// `<Response><Dial callerId=… timeout=…><Number url=…>+1…</Number></Dial>…</Response>`
+/// (`<Sip>` for SIP URIs), attributes alphabetical as twilio-python writes them.
+pub fn dial_twiml(d: &DialTwiml<'_>) -> String {
+    let mut out = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial"#);
+    if let Some(c) = d.caller_id {
+        push_attr(&mut out, "callerId", c);
+    }
+    push_attr(&mut out, "timeout", &d.timeout_secs.to_string());
+    out.push('>');
+    let noun = if d.target.starts_with("sip:") {
+        "Sip"
+    } else {
+        "Number"
+    };
+    out.push('<');
+    out.push_str(noun);
+    if let Some(u) = d.whisper_url {
+        push_attr(&mut out, "url", u);
+    }
+    out.push('>');
+    out.push_str(&xml_escape(d.target));
+    out.push_str("</");
+    out.push_str(noun);
+    out.push_str("></Dial>");
+    if let Some(f) = d.fallback {
+        out.push_str(f.trim());
+    }
+    out.push_str("</Response>");
+    out
+}
+
+/// `<Response><Say>text</Say></Response>` (the whisper played to a transfer's callee).
+pub fn say_twiml(text: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>{}</Say></Response>"#,
+        xml_escape(text)
+    )
+}
+
 fn push_attr(out: &mut String, name: &str, value: &str) {
     out.push(' ');
     out.push_str(name);
