@@ -13,6 +13,15 @@
 //! private scanner, WAV/μ-law and HMAC are done locally, so a codec bug in the bridge cannot
 //! hide by agreeing with itself.
 //!
+//! REST call updates (§3.4, §6.5 items 13-15): [`SimCallerHandle::update_trigger`] takes the
+//! form fields of a Calls update, as a fake REST API receives them
+//! ([`crate::sim::twilio_rest::FakeRestHandle::register_caller`] wires it up). `Status`
+//! ends the call; `Twiml` or `Url` ends the current stream (`stop`, close 1000) and runs the
+//! new TwiML: `<Play digits>`, `<Say>`, `<Pause>`, `<Dial>` (the call is transferred and
+//! ends), `<Hangup>`, `<Redirect>`, and `<Connect><Stream>`, which opens a *new* WebSocket
+//! (new StreamSid, counters from 1) on which the script carries on where it was. One
+//! [`CallReport`] covers the whole call on one clock.
+//!
 //! Structure: [`CallerCore`] is sans-IO (time is an argument, messages in and out are
 //! values); the async shell in this file only moves frames and time.
 
@@ -47,6 +56,8 @@ pub const ULAW_SILENCE: u8 = 0xFF;
 pub const DEFAULT_QUEUE_LIMIT_BYTES: usize = 600 * 8000;
 /// Auth token used to sign when none is configured (a development value, not a secret).
 pub const DEFAULT_AUTH_TOKEN: &str = "callbridge-dev-auth-token";
+/// How long one key of a TwiML `<Play digits>` takes (tone and gap), ms; `w` takes 500 ms.
+pub const PLAY_DIGIT_MS: u64 = 100;
 
 /// Twilio warning/error codes the simulator records (§1.8).
 pub mod codes {
@@ -66,6 +77,15 @@ pub mod codes {
     pub const BINARY_MESSAGE: u32 = 31950;
     /// Not JSON, unknown event, missing/extra fields, wrong streamSid.
     pub const INVALID_MESSAGE: u32 = 31951;
+    /// TCP connect to a stream URL failed (used for any connect failure of a later stream).
+    pub const CONNECTION_REFUSED: u32 = 31902;
+    /// A TwiML URL could not be fetched or answered non-2xx (`Url` update, `<Redirect>`).
+    pub const HTTP_RETRIEVAL: u32 = 11200;
+    /// TwiML that is not a well-formed `<Response>` document (Twilio plays "an application
+    /// error has occurred" and hangs up).
+    pub const DOCUMENT_PARSE: u32 = 12100;
+    /// A TwiML verb or attribute the simulator does not know (skipped, the document goes on).
+    pub const SCHEMA_VALIDATION: u32 = 12200;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,6 +455,40 @@ pub enum TimelineEvent {
         /// Close code, if a close frame came.
         code: Option<u16>,
     },
+    /// The call was updated over REST (new `Twiml`/`Url`): `stop` was sent on this stream and
+    /// the socket closed with 1000; the call goes on with the new TwiML (§3.4).
+    StreamStopped {
+        /// The stream that ended.
+        stream_sid: String,
+    },
+    /// `<Play digits>` ran (logged when it starts; `w` = 0.5 s, each key
+    /// [`PLAY_DIGIT_MS`]).
+    DigitsPlayed {
+        /// The `digits` attribute as written.
+        digits: String,
+    },
+    /// `<Say>` ran (logged when it starts; takes [`StreamKnobs::say_ms_per_char`] per char).
+    Said {
+        /// The text.
+        text: String,
+    },
+    /// `<Dial>` ran: the call is transferred away and ends here.
+    Dialed {
+        /// The number, SIP URI or client name dialled (`<Number>`/`<Sip>`/`<Client>` text,
+        /// or `<Dial>`'s own text).
+        target: String,
+        /// `<Dial callerId>`.
+        caller_id: Option<String>,
+        /// `<Dial timeout>` in seconds, if given (Twilio's default is 30).
+        timeout: Option<u32>,
+        /// `<Number url>` / `<Sip url>`: the whisper TwiML run for the callee before bridging.
+        whisper_url: Option<String>,
+    },
+    /// The call ended while no stream was open (after a REST update): nothing was sent.
+    CallEnded {
+        /// Why.
+        reason: CallEnding,
+    },
 }
 
 /// Why the call ended.
@@ -450,6 +504,17 @@ pub enum CallEnding {
     BridgeClosed,
     /// The connection broke without a close handshake (31903).
     ConnectionLost,
+    /// A REST update with `Status=completed` or `canceled` (distinct from
+    /// [`SimCallerHandle::hang_up`], which stays [`CallEnding::HangUpRequested`]).
+    CompletedByRest,
+    /// A REST update's TwiML ran `<Dial>`: the call was transferred.
+    Transferred,
+    /// A REST update's TwiML ran `<Hangup>` or ran out of verbs.
+    TwimlEnded,
+    /// A REST update's TwiML was not usable (parse error 12100, fetch error 11200).
+    ApplicationError,
+    /// A REST update's `<Connect><Stream>` could not be opened (warning has the code).
+    StreamFailed,
 }
 
 /// An echoed mark.
@@ -504,19 +569,23 @@ pub struct CallReport {
     pub marks: Vec<MarkEcho>,
     /// Twilio warning/error codes recorded (once per stream each).
     pub warnings: BTreeSet<u32>,
-    /// Our StreamSid (`MZ…`).
+    /// Our StreamSid (`MZ…`): the latest stream's (see `stream_sids`).
     pub stream_sid: String,
+    /// Every stream of the call in order: the first, then one per REST update whose TwiML
+    /// had a `<Connect><Stream>` (§6.5 item 15).
+    pub stream_sids: Vec<String>,
     /// Our CallSid (`CA…`).
     pub call_sid: String,
     /// Our AccountSid (`AC…`).
     pub account_sid: String,
-    /// `start.customParameters` we sent.
+    /// `start.customParameters` we sent (latest stream).
     pub custom_parameters: BTreeMap<String, String>,
-    /// TwiML after `</Connect>` (what Twilio would run when the bridge closes the socket).
+    /// TwiML after `</Connect>` (what Twilio would run when the bridge closes the socket), of
+    /// the latest stream's TwiML.
     pub fallback_twiml: Option<String>,
     /// The webhook exchange, if the call began with one.
     pub webhook: Option<WebhookExchange>,
-    /// URL the upgrade signature was computed over.
+    /// URL the upgrade signature was computed over (latest stream).
     pub signed_stream_url: String,
     /// Close code received from the bridge (if it closed first) or sent by us.
     pub close_code: Option<u16>,
@@ -580,6 +649,9 @@ impl CallReport {
             self.warnings,
             self.ended_by,
         ));
+        if self.stream_sids.len() > 1 {
+            out.push_str(&format!("streams: {}\n", self.stream_sids.join(", ")));
+        }
         if let Some(f) = &self.fallback_twiml {
             out.push_str(&format!("continue twiml after </Connect>: {f}\n"));
         }
@@ -626,6 +698,21 @@ impl fmt::Display for TimelineEvent {
             Self::BridgeClosed { code } => {
                 write!(f, "bridge closed the socket (code {code:?}); twilio 31921")
             }
+            Self::StreamStopped { stream_sid } => {
+                write!(f, "call updated: stop sent on {stream_sid}, socket closed")
+            }
+            Self::DigitsPlayed { digits } => write!(f, "twiml <Play digits={digits:?}>"),
+            Self::Said { text } => write!(f, "twiml <Say> {text:?}"),
+            Self::Dialed {
+                target,
+                caller_id,
+                timeout,
+                whisper_url,
+            } => write!(
+                f,
+                "twiml <Dial> {target} (callerId {caller_id:?}, timeout {timeout:?}, whisper {whisper_url:?}): transferred"
+            ),
+            Self::CallEnded { reason } => write!(f, "call ended ({reason:?})"),
         }
     }
 }
@@ -657,6 +744,8 @@ pub struct StreamKnobs {
     /// Also play each DTMF key as its dual tone into the inbound audio for this long, ms
     /// (0 = off, the default: whether Twilio's `media` carries the tone is unverified).
     pub dtmf_inband_ms: u64,
+    /// How long a TwiML `<Say>` from a REST update takes, per character, ms (default 60).
+    pub say_ms_per_char: u64,
 }
 
 impl Default for StreamKnobs {
@@ -671,6 +760,7 @@ impl Default for StreamKnobs {
             burst_at_ms: None,
             burst_frames: 0,
             dtmf_inband_ms: 0,
+            say_ms_per_char: 60,
         }
     }
 }
@@ -714,6 +804,57 @@ pub struct CallerCore {
     /// In-band DTMF tone being played: (key, samples done, samples total).
     tone: Option<(char, u64, u64)>,
     rng: rand::rngs::StdRng,
+    /// A stream is open: media flows. False between a REST update's `stop` and the next
+    /// `<Connect><Stream>` (the caller is still on the line, nothing is sent).
+    streaming: bool,
+    /// When the current stream opened (ms on the call's clock); its media starts
+    /// `start_offset_ms` later.
+    stream_open_ms: u64,
+    /// Warning codes already recorded on the current stream (once per stream each).
+    stream_warnings: BTreeSet<u32>,
+    /// TwiML of a REST update being executed (verbs left), and until when the current verb
+    /// takes.
+    twiml_active: bool,
+    verbs: VecDeque<Verb>,
+    verb_wait_until: u64,
+    /// URL the running TwiML came from (base of relative stream URLs); `None` for inline.
+    doc_url: Option<String>,
+    /// Something for the async shell to do (open a stream, fetch TwiML).
+    action: Option<ShellAction>,
+}
+
+/// One TwiML verb of a REST update, as the simulator runs it.
+#[derive(Debug, Clone)]
+enum Verb {
+    PlayDigits(String),
+    Say(String),
+    Pause(u64),
+    Dial {
+        target: String,
+        caller_id: Option<String>,
+        timeout: Option<u32>,
+        whisper_url: Option<String>,
+    },
+    Connect(ConnectStream),
+    Redirect {
+        url: String,
+        method: String,
+    },
+    Hangup,
+    /// Skipped with a 12200 warning.
+    Unknown(String),
+}
+
+/// What the core asks the async shell to do.
+#[derive(Debug, Clone)]
+enum ShellAction {
+    /// Open a new stream; `base` resolves a relative URL.
+    Connect {
+        stream: ConnectStream,
+        base: Option<String>,
+    },
+    /// Fetch TwiML (signed, like the voice webhook) and hand it to [`CallerCore::on_twiml`].
+    Fetch { url: String, method: String },
 }
 
 impl CallerCore {
@@ -728,6 +869,7 @@ impl CallerCore {
     ) -> Self {
         let report = CallReport {
             heard_offset_ms: knobs.start_offset_ms % FRAME_MS,
+            stream_sids: vec![stream_sid.clone()],
             stream_sid,
             call_sid,
             account_sid,
@@ -753,6 +895,14 @@ impl CallerCore {
             held: Vec::new(),
             tone: None,
             rng: rand::SeedableRng::from_rng(&mut rand::rng()),
+            streaming: true,
+            stream_open_ms: 0,
+            stream_warnings: BTreeSet::new(),
+            twiml_active: false,
+            verbs: VecDeque::new(),
+            verb_wait_until: 0,
+            doc_url: None,
+            action: None,
         }
     }
 
@@ -781,8 +931,43 @@ impl CallerCore {
         self.report
     }
 
+    /// Is a stream open (media flowing)? False between a REST update's `stop` and the next
+    /// stream, and after the end.
+    pub fn streaming(&self) -> bool {
+        self.streaming && !self.ended
+    }
+
+    /// A new stream after a REST update's `<Connect><Stream>` opened at `now_ms`: fresh
+    /// StreamSid and counters, these parameters; returns `connected` and `start`. The script
+    /// continues where it was.
+    pub fn begin_stream(
+        &mut self,
+        now_ms: u64,
+        stream_sid: String,
+        custom_parameters: BTreeMap<String, String>,
+    ) -> Vec<Value> {
+        self.chunk = 0;
+        self.stream_warnings.clear();
+        self.held.clear();
+        self.tone = None;
+        self.report.stream_sids.push(stream_sid.clone());
+        self.report.stream_sid = stream_sid;
+        self.report.custom_parameters = custom_parameters;
+        self.report.close_code = None;
+        self.streaming = true;
+        self.stream_open_ms = now_ms;
+        self.twiml_active = false;
+        self.verbs.clear();
+        self.opening_at(now_ms)
+    }
+
     /// `connected` then `start` (§1.3, §6.1).
     pub fn opening(&mut self) -> Vec<Value> {
+        let at = self.stream_open_ms;
+        self.opening_at(at)
+    }
+
+    fn opening_at(&mut self, now_ms: u64) -> Vec<Value> {
         self.seq = 1;
         let r = &self.report;
         let out = vec![
@@ -802,7 +987,7 @@ impl CallerCore {
             }),
         ];
         let sid = self.report.stream_sid.clone();
-        self.log(0, TimelineEvent::StreamStarted { stream_sid: sid });
+        self.log(now_ms, TimelineEvent::StreamStarted { stream_sid: sid });
         out
     }
 
@@ -817,7 +1002,8 @@ impl CallerCore {
     }
 
     fn warn_once(&mut self, at_ms: u64, code: u32, detail: impl Into<String>) {
-        if self.report.warnings.insert(code) {
+        if self.stream_warnings.insert(code) {
+            self.report.warnings.insert(code);
             self.log(
                 at_ms,
                 TimelineEvent::Warning {
@@ -856,6 +1042,16 @@ impl CallerCore {
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Value> {
         let mut out = Vec::new();
         if self.ended {
+            return out;
+        }
+        if !self.streaming {
+            // Between streams: the caller hears nothing from the bridge and sends nothing;
+            // the script waits (its timers keep running), the update's TwiML runs.
+            self.playing_now = false;
+            self.report
+                .heard
+                .extend_from_slice(&[ULAW_SILENCE; FRAME_BYTES]);
+            self.step_verbs(now_ms);
             return out;
         }
         // Marks whose audio finished playing during the previous tick, then marks now at the
@@ -909,7 +1105,7 @@ impl CallerCore {
         frame.resize(FRAME_BYTES, ULAW_SILENCE);
         self.report.heard.extend_from_slice(&frame);
 
-        if now_ms >= self.knobs.start_offset_ms {
+        if now_ms >= self.stream_open_ms + self.knobs.start_offset_ms {
             let mut caller = Vec::new();
             self.caller_side(now_ms, &mut caller);
             let holding = self.knobs.burst_at_ms.is_some_and(|at| {
@@ -1113,10 +1309,14 @@ impl CallerCore {
     }
 
     /// Hang up now: (optionally pending marks), `stop` with the next sequence number (§6.5).
-    /// The shell then closes with 1000.
+    /// The shell then closes with 1000. Between streams nothing is sent ([`TimelineEvent::CallEnded`]).
     pub fn hang_up(&mut self, now_ms: u64, reason: CallEnding) -> Vec<Value> {
         let mut out = Vec::new();
         if self.ended {
+            return out;
+        }
+        if !self.streaming {
+            self.end_call(now_ms, reason);
             return out;
         }
         if self.knobs.echo_marks_on_hangup {
@@ -1136,7 +1336,235 @@ impl CallerCore {
         self.report.ended_by = Some(reason);
         self.report.close_code = Some(1000);
         self.ended = true;
+        self.streaming = false;
         out
+    }
+
+    /// End the call with no stream open (nothing to send).
+    fn end_call(&mut self, now_ms: u64, reason: CallEnding) {
+        if self.ended {
+            return;
+        }
+        self.end_turn(now_ms, false);
+        self.log(now_ms, TimelineEvent::CallEnded { reason });
+        self.report.ended_by = Some(reason);
+        self.ended = true;
+        self.streaming = false;
+        self.twiml_active = false;
+        self.verbs.clear();
+        self.action = None;
+    }
+
+    /// End the current stream because the call was updated (§3.4): frames held by a burst,
+    /// then `stop` with the next sequence number. Queued agent audio is dropped (pending
+    /// marks echoed unplayed only with [`StreamKnobs::echo_marks_on_hangup`]). The shell
+    /// then closes the socket with 1000; the call goes on.
+    fn stop_stream(&mut self, now_ms: u64) -> Vec<Value> {
+        let mut out = Vec::new();
+        if self.ended || !self.streaming {
+            return out;
+        }
+        out.append(&mut self.held);
+        let marks = self.take_all_marks();
+        if self.knobs.echo_marks_on_hangup {
+            for name in marks {
+                out.push(self.mark_message(&name, now_ms, false));
+            }
+        }
+        self.due_marks.clear();
+        self.end_turn(now_ms, false);
+        self.playing_now = false;
+        self.tone = None;
+        let seq = self.next_seq();
+        out.push(json!({
+            "event": "stop",
+            "sequenceNumber": seq,
+            "streamSid": self.report.stream_sid,
+            "stop": {"accountSid": self.report.account_sid, "callSid": self.report.call_sid},
+        }));
+        let stream_sid = self.report.stream_sid.clone();
+        self.log(now_ms, TimelineEvent::StreamStopped { stream_sid });
+        self.report.close_code = Some(1000);
+        self.streaming = false;
+        out
+    }
+
+    /// A REST update of the call with these (decoded) form fields (§3.2, §3.4). `Status`
+    /// (`completed`/`canceled`) hangs up ([`CallEnding::CompletedByRest`]); `Twiml` (or
+    /// else `Url`) stops the current stream and runs the new TwiML. Returns what to send on
+    /// the current stream (the `stop`). Anything left of an earlier update's TwiML is
+    /// dropped, as on Twilio.
+    pub fn on_update(&mut self, now_ms: u64, fields: &[(String, String)]) -> Vec<Value> {
+        if self.ended {
+            return Vec::new();
+        }
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        if let Some(status) = get("Status") {
+            if status == "completed" || status == "canceled" {
+                return self.hang_up(now_ms, CallEnding::CompletedByRest);
+            }
+            self.warn(
+                now_ms,
+                codes::SCHEMA_VALIDATION,
+                format!("update with Status={status:?} ignored"),
+            );
+            return Vec::new();
+        }
+        let twiml = get("Twiml");
+        let url = get("Url");
+        if twiml.is_none() && url.is_none() {
+            return Vec::new();
+        }
+        let out = self.stop_stream(now_ms);
+        self.verbs.clear();
+        self.action = None;
+        self.twiml_active = false;
+        match (twiml, url) {
+            (Some(t), _) => {
+                self.doc_url = None;
+                self.run_twiml(now_ms, &t);
+            }
+            (None, Some(url)) => {
+                let method = get("Method").unwrap_or_else(|| "POST".into());
+                self.action = Some(ShellAction::Fetch { url, method });
+            }
+            (None, None) => {}
+        }
+        out
+    }
+
+    /// TwiML fetched for a `Url` update or `<Redirect>` (or why it could not be).
+    fn on_twiml(&mut self, now_ms: u64, url: &str, fetched: Result<String, String>) {
+        if self.ended {
+            return;
+        }
+        match fetched {
+            Ok(twiml) => {
+                self.doc_url = Some(url.to_string());
+                self.run_twiml(now_ms, &twiml);
+            }
+            Err(detail) => {
+                self.warn(now_ms, codes::HTTP_RETRIEVAL, format!("{url}: {detail}"));
+                self.end_call(now_ms, CallEnding::ApplicationError);
+            }
+        }
+    }
+
+    /// A later stream could not be opened: record why and end the call.
+    fn stream_failed(&mut self, now_ms: u64, code: u32, detail: String) {
+        self.warn(now_ms, code, detail);
+        self.end_call(now_ms, CallEnding::StreamFailed);
+    }
+
+    fn run_twiml(&mut self, now_ms: u64, twiml: &str) {
+        match parse_verbs(twiml) {
+            Ok(verbs) => {
+                self.verbs = verbs.into();
+                self.twiml_active = true;
+                self.verb_wait_until = now_ms;
+                self.step_verbs(now_ms);
+            }
+            Err(detail) => {
+                self.warn(
+                    now_ms,
+                    codes::DOCUMENT_PARSE,
+                    format!("invalid twiml: {detail}"),
+                );
+                self.end_call(now_ms, CallEnding::ApplicationError);
+            }
+        }
+    }
+
+    /// Run the update's verbs whose time has come.
+    fn step_verbs(&mut self, now_ms: u64) {
+        while self.twiml_active && !self.ended && self.action.is_none() {
+            if now_ms < self.verb_wait_until {
+                return;
+            }
+            let Some(verb) = self.verbs.pop_front() else {
+                // The document ran out: Twilio hangs up.
+                self.end_call(now_ms, CallEnding::TwimlEnded);
+                return;
+            };
+            match verb {
+                Verb::PlayDigits(digits) => {
+                    let mut ms = 0;
+                    for c in digits.chars() {
+                        match c {
+                            'w' | 'W' => ms += 500,
+                            c if is_dtmf_key(c) => ms += PLAY_DIGIT_MS,
+                            c => self.warn(
+                                now_ms,
+                                codes::SCHEMA_VALIDATION,
+                                format!("<Play digits> character {c:?} skipped"),
+                            ),
+                        }
+                    }
+                    self.log(now_ms, TimelineEvent::DigitsPlayed { digits });
+                    self.verb_wait_until = now_ms + ms;
+                }
+                Verb::Say(text) => {
+                    let ms = text.chars().count() as u64 * self.knobs.say_ms_per_char;
+                    self.log(now_ms, TimelineEvent::Said { text });
+                    self.verb_wait_until = now_ms + ms;
+                }
+                Verb::Pause(ms) => self.verb_wait_until = now_ms + ms,
+                Verb::Dial {
+                    target,
+                    caller_id,
+                    timeout,
+                    whisper_url,
+                } => {
+                    self.log(
+                        now_ms,
+                        TimelineEvent::Dialed {
+                            target,
+                            caller_id,
+                            timeout,
+                            whisper_url,
+                        },
+                    );
+                    self.end_call(now_ms, CallEnding::Transferred);
+                }
+                Verb::Connect(stream) => {
+                    // Verbs after </Connect> wait for the bridge to close the new stream.
+                    self.report.fallback_twiml = stream.fallback.clone();
+                    self.twiml_active = false;
+                    self.verbs.clear();
+                    self.action = Some(ShellAction::Connect {
+                        stream,
+                        base: self.doc_url.clone(),
+                    });
+                }
+                Verb::Redirect { url, method } => {
+                    self.twiml_active = false;
+                    self.verbs.clear();
+                    self.action = Some(ShellAction::Fetch { url, method });
+                }
+                Verb::Hangup => self.end_call(now_ms, CallEnding::TwimlEnded),
+                Verb::Unknown(what) => self.warn(
+                    now_ms,
+                    codes::SCHEMA_VALIDATION,
+                    format!("{what} is not simulated; skipped"),
+                ),
+            }
+        }
+    }
+
+    /// Record a call-level warning (every occurrence).
+    fn warn(&mut self, at_ms: u64, code: u32, detail: impl Into<String>) {
+        self.report.warnings.insert(code);
+        self.log(
+            at_ms,
+            TimelineEvent::Warning {
+                code,
+                detail: detail.into(),
+            },
+        );
+    }
+
+    fn take_action(&mut self) -> Option<ShellAction> {
+        self.action.take()
     }
 
     /// The bridge closed the socket: record 31921 and send nothing more (§6.5 item 14).
@@ -1176,7 +1604,7 @@ impl CallerCore {
     /// A text frame arrived from the bridge (§6.3). Returns messages to send (marks
     /// returned by a `clear`).
     pub fn on_text(&mut self, text: &str, now_ms: u64) -> Vec<Value> {
-        if self.ended {
+        if self.ended || !self.streaming {
             return Vec::new();
         }
         match self.check_message(text) {
@@ -1420,7 +1848,8 @@ impl SimCallerBuilder {
         self
     }
     /// URL the upgrade signature is computed over (default: the stream URL with its scheme
-    /// forced to `wss`, which is what Twilio signs).
+    /// forced to `wss`, which is what Twilio signs). First stream only: streams opened by a
+    /// REST update sign their TwiML URL.
     pub fn signed_stream_url(mut self, url: impl Into<String>) -> Self {
         self.signed_stream_url = Some(url.into());
         self
@@ -1437,13 +1866,15 @@ impl SimCallerBuilder {
         self
     }
     /// Replace scheme+host+port of the TwiML's stream URL (e.g. `ws://127.0.0.1:8080`),
-    /// keeping its path; the signature still covers the TwiML URL.
+    /// keeping its path; the signature still covers the TwiML URL. Applies to every stream
+    /// of the call, including those opened by a REST update's `<Connect><Stream>`.
     pub fn connect_override(mut self, base: impl Into<String>) -> Self {
         self.connect_override = Some(base.into());
         self
     }
-    /// Replace scheme+host+port of `<Stream statusCallback>` URLs (keeping the path); by
-    /// default a callback on the public webhook's host goes to the real webhook's host.
+    /// Replace scheme+host+port of `<Stream statusCallback>` URLs and of TwiML URLs fetched
+    /// after a REST update (`Url`, `<Redirect>`), keeping the path; by default such a URL on
+    /// the public webhook's host goes to the real webhook's host.
     pub fn callback_override(mut self, base: impl Into<String>) -> Self {
         self.callback_override = Some(base.into());
         self
@@ -1502,25 +1933,75 @@ impl SimCallerBuilder {
     }
 }
 
+/// What the handle asks of the running call.
+enum Control {
+    HangUp,
+    Update(Vec<(String, String)>),
+}
+
 /// A running simulated call.
 pub struct SimCallerHandle {
     task: JoinHandle<Result<CallReport, SimCallerError>>,
-    control_tx: mpsc::UnboundedSender<()>,
+    control_tx: mpsc::UnboundedSender<Control>,
 }
 
 impl SimCallerHandle {
-    /// Ask the caller to hang up now (like REST `Status=completed`).
+    /// Ask the caller to hang up now (`stop`, close 1000; ended by
+    /// [`CallEnding::HangUpRequested`]).
     pub fn hang_up(&self) {
         // If the call already ended the receiver is gone; nothing to do.
-        let _ = self.control_tx.send(());
+        let _ = self.control_tx.send(Control::HangUp);
     }
 
     /// A cloneable function that hangs the call up, for callbacks such as a fake REST API.
     pub fn hang_up_trigger(&self) -> impl Fn() + Send + Sync + 'static {
         let tx = self.control_tx.clone();
         move || {
-            let _ = tx.send(());
+            let _ = tx.send(Control::HangUp);
         }
+    }
+
+    /// A function that applies a REST update of the call (§3.2, §3.4), given the decoded form
+    /// fields (what [`crate::sim::twilio_rest::CallUpdate::fields`] holds):
+    ///
+    /// * `Status=completed|canceled`: `stop`, close 1000, the call ends
+    ///   ([`CallEnding::CompletedByRest`]).
+    /// * `Twiml=<Response>…`: `stop` (next sequence number) and close 1000 on the current
+    ///   stream, then the TwiML runs in order: `<Play digits>` ([`TimelineEvent::DigitsPlayed`],
+    ///   `w` = 500 ms, a key [`PLAY_DIGIT_MS`]), `<Say>` ([`TimelineEvent::Said`]), `<Pause
+    ///   length>`, `<Dial>` ([`TimelineEvent::Dialed`]; ends [`CallEnding::Transferred`]),
+    ///   `<Hangup>` or the end of the document ([`CallEnding::TwimlEnded`]), `<Redirect>`
+    ///   (fetched like `Url`), and `<Connect><Stream>`: a new WebSocket (same CallSid and
+    ///   AccountSid, new StreamSid, counters from 1, its `<Parameter>`s, same connect
+    ///   override and signing), on which the script continues where it was; verbs after
+    ///   `</Connect>` become [`CallReport::fallback_twiml`]. Other verbs: warning 12200,
+    ///   skipped. Unparsable TwiML: warning 12100, the call ends
+    ///   ([`CallEnding::ApplicationError`]).
+    /// * `Url` (+ `Method`, default POST): the TwiML is fetched like the voice webhook (signed
+    ///   form with the call's fields, `CallStatus=in-progress`; sent to
+    ///   [`SimCallerBuilder::callback_override`]'s host if set, else to the webhook's host when
+    ///   the URL is on the public webhook's host) and run as above; a failed fetch is warning
+    ///   11200 and ends the call ([`CallEnding::ApplicationError`]).
+    ///
+    /// Between streams nothing is sent, `heard` gets silence, and the script waits (its
+    /// timers keep running on the call's one clock). An update replaces whatever an earlier
+    /// update's TwiML was still doing. Updates after the call ended are ignored.
+    pub fn update_trigger(&self) -> impl Fn(&[(String, String)]) + Send + Sync + 'static {
+        let tx = self.control_tx.clone();
+        move |fields: &[(String, String)]| {
+            let _ = tx.send(Control::Update(fields.to_vec()));
+        }
+    }
+
+    /// Is the call still going? False as soon as it ended (before [`Self::join`] returns).
+    pub fn is_live(&self) -> bool {
+        !self.control_tx.is_closed()
+    }
+
+    /// [`Self::is_live`] as a function that outlives the handle.
+    pub(crate) fn liveness(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let tx = self.control_tx.clone();
+        move || !tx.is_closed()
     }
 
     /// Wait for the call to end.
@@ -1535,10 +2016,274 @@ fn random_sid(prefix: &str) -> String {
     format!("{prefix}{:032x}", rand::rng().random::<u128>())
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+type WsStream = futures_util::stream::SplitStream<Ws>;
+
+/// The open stream.
+struct Live {
+    sink: WsSink,
+    stream: WsStream,
+    status: Option<StatusPlan>,
+}
+
+/// A connect or fetch running for the core.
+enum Pending {
+    Connected {
+        stream: ConnectStream,
+        result: Result<(Box<Ws>, String), SimCallerError>,
+    },
+    Fetched {
+        url: String,
+        result: Result<String, String>,
+    },
+}
+
+/// Validate a stream URL (scheme, query string) and work out where to connect and what to
+/// sign: `(connect_url, signed_url)`.
+fn prepare_stream(
+    cfg: &SimCallerBuilder,
+    public_url: &str,
+    from_twiml: bool,
+    signed_override: Option<&str>,
+) -> Result<(String, String), SimCallerError> {
+    let bad = || SimCallerError::BadStreamUrl {
+        url: public_url.to_string(),
+    };
+    let (scheme, rest) = public_url.split_once("://").ok_or_else(bad)?;
+    let scheme_ok = scheme == "wss" || (scheme == "ws" && (!from_twiml || cfg.allow_ws_scheme));
+    if !scheme_ok {
+        return Err(bad());
+    }
+    let mut url_no_query = format!("{scheme}://{rest}");
+    if let Some(q) = url_no_query.find(['?', '#']) {
+        match cfg.query_string_policy {
+            QueryStringPolicy::Fail => {
+                return Err(SimCallerError::QueryStringInStreamUrl {
+                    url: public_url.to_string(),
+                })
+            }
+            QueryStringPolicy::Strip => url_no_query.truncate(q),
+        }
+    }
+    let after = &url_no_query[scheme.len() + 3..];
+    let signed_url = signed_override.map_or_else(|| format!("wss://{after}"), str::to_string);
+    let connect_url = match &cfg.connect_override {
+        Some(base) => {
+            let path = after.find('/').map_or("/", |i| &after[i..]);
+            format!("{}{}", base.trim_end_matches('/'), path)
+        }
+        None => url_no_query.clone(),
+    };
+    Ok((connect_url, signed_url))
+}
+
+/// The signed WebSocket upgrade (§6.1).
+async fn open_ws(
+    cfg: &SimCallerBuilder,
+    connect_url: &str,
+    signed_url: &str,
+) -> Result<Ws, SimCallerError> {
+    let connect_err = |detail: String| SimCallerError::Connect {
+        url: connect_url.to_string(),
+        detail,
+    };
+    let mut request = connect_url
+        .into_client_request()
+        .map_err(|e| connect_err(e.to_string()))?;
+    let signature = sign(&cfg.auth_token, signed_url, &[]);
+    let headers = request.headers_mut();
+    headers.insert("User-Agent", HeaderValue::from_static("Twilio.TmeWs/1.0"));
+    headers.insert("Accept-Encoding", HeaderValue::from_static("gzip"));
+    headers.insert(
+        "X-Twilio-Signature",
+        HeaderValue::from_str(&signature).map_err(|e| connect_err(e.to_string()))?,
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _resp)) => {
+            tracing::debug!(url = %connect_url, "sim caller connected");
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(SimCallerError::Handshake {
+            url: connect_url.to_string(),
+            status: resp.status().as_u16(),
+        }),
+        Err(e) => Err(connect_err(e.to_string())),
+    }
+}
+
+/// Host (authority) of a URL.
+fn host_of(url: &str) -> &str {
+    url.split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .unwrap_or("")
+}
+
+/// Open the stream of a REST update's `<Connect><Stream>`.
+async fn connect_later_stream(
+    cfg: &SimCallerBuilder,
+    cs: &ConnectStream,
+    base: Option<&str>,
+) -> Result<(Ws, String), SimCallerError> {
+    if let Some(track) = cs.track.clone().filter(|t| t != "inbound_track") {
+        return Err(SimCallerError::BadTrack { track });
+    }
+    let public_url = if cs.url.starts_with('/') {
+        let base = base
+            .or(cfg.public_webhook_url.as_deref())
+            .or(cfg.webhook.as_deref())
+            .ok_or_else(|| SimCallerError::BadStreamUrl {
+                url: cs.url.clone(),
+            })?;
+        format!("wss://{}{}", host_of(base), cs.url)
+    } else {
+        cs.url.clone()
+    };
+    let (connect_url, signed_url) = prepare_stream(cfg, &public_url, true, None)?;
+    let ws = open_ws(cfg, &connect_url, &signed_url).await?;
+    Ok((ws, signed_url))
+}
+
+/// The Twilio code a failed later stream is recorded with.
+fn stream_error_code(e: &SimCallerError) -> u32 {
+    match e {
+        SimCallerError::BadTrack { .. } => codes::BAD_TRACK,
+        SimCallerError::BadStreamUrl { .. } => codes::BAD_SCHEME,
+        SimCallerError::Connect { .. } => codes::CONNECTION_REFUSED,
+        _ => codes::HANDSHAKE,
+    }
+}
+
+/// Fetch TwiML for a `Url` update or `<Redirect>`: signed like the voice webhook (§2.3),
+/// with the call's fields and `CallStatus=in-progress`.
+async fn fetch_twiml(
+    cfg: &SimCallerBuilder,
+    url: &str,
+    method: &str,
+    account_sid: &str,
+    call_sid: &str,
+) -> Result<String, String> {
+    let form = webhook_form(cfg, account_sid, call_sid, "in-progress");
+    let target = local_target(cfg, url);
+    let encoded = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let req = if method.eq_ignore_ascii_case("GET") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let signed = format!("{url}{sep}{encoded}");
+        client
+            .get(format!("{target}{sep}{encoded}"))
+            .header("X-Twilio-Signature", sign(&cfg.auth_token, &signed, &[]))
+    } else {
+        client
+            .post(&target)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("X-Twilio-Signature", sign(&cfg.auth_token, url, &form))
+            .body(encoded)
+    };
+    let resp = req
+        .header("User-Agent", "TwilioProxy/1.1")
+        .header(
+            "I-Twilio-Idempotency-Token",
+            format!("{:032x}", rand::rng().random::<u128>()),
+        )
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    if !(200..300).contains(&status) {
+        return Err(format!("http {status}: {}", short(&body)));
+    }
+    Ok(body)
+}
+
+fn spawn_action(
+    cfg: Arc<SimCallerBuilder>,
+    action: ShellAction,
+    account_sid: String,
+    call_sid: String,
+) -> JoinHandle<Pending> {
+    tokio::spawn(async move {
+        match action {
+            ShellAction::Connect { stream, base } => {
+                let result = connect_later_stream(&cfg, &stream, base.as_deref()).await;
+                let result = result.map(|(ws, signed)| (Box::new(ws), signed));
+                Pending::Connected { stream, result }
+            }
+            ShellAction::Fetch { url, method } => {
+                let result = fetch_twiml(&cfg, &url, &method, &account_sid, &call_sid).await;
+                Pending::Fetched { url, result }
+            }
+        }
+    })
+}
+
+async fn next_frame(
+    live: &mut Option<Live>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match live {
+        Some(l) => l.stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_pending(
+    pending: &mut Option<JoinHandle<Pending>>,
+) -> Result<Pending, tokio::task::JoinError> {
+    match pending {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Send on the open stream, if any; a failure ends the call as a lost connection.
+async fn send_live(live: &mut Option<Live>, core: &mut CallerCore, msgs: Vec<Value>, t0: Instant) {
+    if let Some(l) = live {
+        if let Err(e) = send_all(&mut l.sink, msgs).await {
+            core.connection_lost(t0.elapsed().as_millis() as u64, &e);
+        }
+    }
+}
+
+/// Close a stream ended by a REST update: close frame 1000 now, then (in the background) wait
+/// briefly for the bridge's close reply so the handshake completes.
+async fn close_stream(live: Live) -> JoinHandle<()> {
+    let Live {
+        mut sink,
+        mut stream,
+        ..
+    } = live;
+    let close = Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        drop(sink);
+    })
+}
+
 async fn run(
     cfg: SimCallerBuilder,
-    mut control_rx: mpsc::UnboundedReceiver<()>,
+    mut control_rx: mpsc::UnboundedReceiver<Control>,
 ) -> Result<CallReport, SimCallerError> {
+    let cfg = Arc::new(cfg);
     let account_sid = cfg.account_sid.clone().unwrap_or_else(|| random_sid("AC"));
     let call_sid = cfg.call_sid.clone().unwrap_or_else(|| random_sid("CA"));
     let stream_sid = random_sid("MZ");
@@ -1553,105 +2298,52 @@ async fn run(
             (None, Some(url)) => (url.clone(), cfg.custom_parameters.clone(), None, None, None),
             (None, None) => return Err(SimCallerError::NoTarget),
         };
-
-    let (scheme, rest) =
-        public_url
-            .split_once("://")
-            .ok_or_else(|| SimCallerError::BadStreamUrl {
-                url: public_url.clone(),
-            })?;
-    let scheme_ok =
-        scheme == "wss" || (scheme == "ws" && (webhook.is_none() || cfg.allow_ws_scheme));
-    if !scheme_ok {
-        return Err(SimCallerError::BadStreamUrl { url: public_url });
-    }
-    let mut url_no_query = format!("{scheme}://{rest}");
-    if let Some(q) = url_no_query.find(['?', '#']) {
-        match cfg.query_string_policy {
-            QueryStringPolicy::Fail => {
-                return Err(SimCallerError::QueryStringInStreamUrl { url: public_url })
-            }
-            QueryStringPolicy::Strip => url_no_query.truncate(q),
-        }
-    }
-    let signed_url = cfg
-        .signed_stream_url
-        .clone()
-        .unwrap_or_else(|| format!("wss://{}", &url_no_query[scheme.len() + 3..]));
-    let connect_url = match &cfg.connect_override {
-        Some(base) => {
-            let after = &url_no_query[scheme.len() + 3..];
-            let path = after.find('/').map_or("/", |i| &after[i..]);
-            format!("{}{}", base.trim_end_matches('/'), path)
-        }
-        None => url_no_query.clone(),
-    };
-
-    let mut request =
-        connect_url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| SimCallerError::Connect {
-                url: connect_url.clone(),
-                detail: e.to_string(),
-            })?;
-    let signature = sign(&cfg.auth_token, &signed_url, &[]);
-    let headers = request.headers_mut();
-    headers.insert("User-Agent", HeaderValue::from_static("Twilio.TmeWs/1.0"));
-    headers.insert("Accept-Encoding", HeaderValue::from_static("gzip"));
-    headers.insert(
-        "X-Twilio-Signature",
-        HeaderValue::from_str(&signature).map_err(|e| SimCallerError::Connect {
-            url: connect_url.clone(),
-            detail: e.to_string(),
-        })?,
-    );
-    let ws = match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _resp)) => ws,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            return Err(SimCallerError::Handshake {
-                url: connect_url,
-                status: resp.status().as_u16(),
-            })
-        }
-        Err(e) => {
-            return Err(SimCallerError::Connect {
-                url: connect_url,
-                detail: e.to_string(),
-            })
-        }
-    };
-    tracing::debug!(url = %connect_url, %stream_sid, "sim caller connected");
+    let (connect_url, signed_url) = prepare_stream(
+        &cfg,
+        &public_url,
+        webhook.is_some(),
+        cfg.signed_stream_url.as_deref(),
+    )?;
+    let ws = open_ws(&cfg, &connect_url, &signed_url).await?;
 
     let mut core = CallerCore::new(
         cfg.knobs.clone(),
         cfg.script.clone(),
-        account_sid,
-        call_sid,
+        account_sid.clone(),
+        call_sid.clone(),
         stream_sid,
         params,
     );
     core.report.fallback_twiml = fallback;
     core.report.webhook = webhook;
     core.report.signed_stream_url = signed_url;
+    // Status callbacks in order (stream-started/-stopped per stream); Twilio sends them
+    // asynchronously, the stream does not wait for them.
+    let mut callbacks: Vec<JoinHandle<StatusCallbackRecord>> = Vec::new();
     let status_plan = twiml_stream
         .as_ref()
         .and_then(|cs| StatusPlan::new(&cfg, cs, &core.report));
-    // Twilio sends stream-started asynchronously; the stream does not wait for it.
-    let started_cb = status_plan
-        .clone()
-        .map(|plan| tokio::spawn(async move { plan.send("stream-started").await }));
+    if let Some(plan) = status_plan.clone() {
+        callbacks.push(tokio::spawn(
+            async move { plan.send("stream-started").await },
+        ));
+    }
 
-    let (mut sink, mut stream) = ws.split();
+    let (sink, stream) = ws.split();
+    let mut live = Some(Live {
+        sink,
+        stream,
+        status: status_plan,
+    });
     let t0 = Instant::now();
     let elapsed_ms = || t0.elapsed().as_millis() as u64;
     let opening = core.opening();
-    if let Err(e) = send_all(&mut sink, opening).await {
-        core.connection_lost(elapsed_ms(), &e);
-    }
+    send_live(&mut live, &mut core, opening, t0).await;
     let deadline_total = t0 + cfg.max_duration;
     let mut k: u64 = 0;
     let mut control_open = true;
+    let mut pending: Option<JoinHandle<Pending>> = None;
+    let mut closers: Vec<JoinHandle<()>> = Vec::new();
     while !core.ended() {
         // Deadlines come from the tick index, never from "last tick + 20 ms": no drift.
         let tick_at = t0 + Duration::from_millis(core.tick_time(k));
@@ -1664,29 +2356,31 @@ async fn run(
                     core.on_tick(core.tick_time(k))
                 };
                 k += 1;
-                if let Err(e) = send_all(&mut sink, out).await {
-                    core.connection_lost(elapsed_ms(), &e);
-                }
+                send_live(&mut live, &mut core, out, t0).await;
             }
             c = control_rx.recv(), if control_open => {
                 match c {
-                    Some(()) => {
+                    Some(Control::HangUp) => {
                         let out = core.hang_up(elapsed_ms(), CallEnding::HangUpRequested);
-                        if let Err(e) = send_all(&mut sink, out).await {
-                            core.connection_lost(elapsed_ms(), &e);
+                        send_live(&mut live, &mut core, out, t0).await;
+                    }
+                    Some(Control::Update(fields)) => {
+                        // The new TwiML replaces whatever the last update was still doing.
+                        if let Some(p) = pending.take() {
+                            p.abort();
                         }
+                        let out = core.on_update(elapsed_ms(), &fields);
+                        send_live(&mut live, &mut core, out, t0).await;
                     }
                     None => control_open = false,
                 }
             }
-            msg = stream.next() => {
+            msg = next_frame(&mut live) => {
                 let now = elapsed_ms();
                 match msg {
                     Some(Ok(Message::Text(t))) => {
                         let out = core.on_text(t.as_str(), now);
-                        if let Err(e) = send_all(&mut sink, out).await {
-                            core.connection_lost(elapsed_ms(), &e);
-                        }
+                        send_live(&mut live, &mut core, out, t0).await;
                     }
                     Some(Ok(Message::Binary(b))) => core.on_binary(now, b.len()),
                     Some(Ok(Message::Close(frame))) => {
@@ -1697,51 +2391,110 @@ async fn run(
                     None => core.bridge_closed(now, None),
                 }
             }
+            done = join_pending(&mut pending) => {
+                pending = None;
+                let now = elapsed_ms();
+                match done {
+                    Ok(Pending::Fetched { url, result }) => core.on_twiml(now, &url, result),
+                    Ok(Pending::Connected { stream: cs, result: Ok((ws, signed_url)) }) => {
+                        let opening = core.begin_stream(now, random_sid("MZ"), cs.params.clone());
+                        core.report.signed_stream_url = signed_url;
+                        let plan = StatusPlan::new(&cfg, &cs, &core.report);
+                        if let Some(plan) = plan.clone() {
+                            callbacks.push(tokio::spawn(
+                                async move { plan.send("stream-started").await },
+                            ));
+                        }
+                        let (sink, stream) = (*ws).split();
+                        live = Some(Live { sink, stream, status: plan });
+                        send_live(&mut live, &mut core, opening, t0).await;
+                    }
+                    Ok(Pending::Connected { result: Err(e), .. }) => {
+                        core.stream_failed(now, stream_error_code(&e), e.to_string());
+                    }
+                    Err(e) => core.stream_failed(now, codes::CONNECTION_REFUSED, e.to_string()),
+                }
+            }
+        }
+        // A REST update stopped the stream (its `stop` went out above): close the socket;
+        // the call goes on with the update's TwiML.
+        if !core.ended() && !core.streaming() {
+            if let Some(l) = live.take() {
+                let status = l.status.clone();
+                closers.push(close_stream(l).await);
+                if let Some(plan) = status {
+                    callbacks.push(tokio::spawn(
+                        async move { plan.send("stream-stopped").await },
+                    ));
+                }
+            }
+        }
+        if pending.is_none() {
+            if let Some(action) = core.take_action() {
+                pending = Some(spawn_action(
+                    cfg.clone(),
+                    action,
+                    account_sid.clone(),
+                    call_sid.clone(),
+                ));
+            }
         }
     }
+    // The call is over: a fake REST API asking `is_live` sees it from now on.
+    drop(control_rx);
+    if let Some(p) = pending.take() {
+        p.abort();
+    }
 
-    match core.report.ended_by {
-        Some(CallEnding::BridgeClosed) => {
-            // tungstenite queued the close reply; flush it and let the socket finish.
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-        }
-        Some(CallEnding::ConnectionLost) => {}
-        _ => {
-            let close = Message::Close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            }));
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
-            // Wait briefly for the bridge's close reply so the handshake completes.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
+    let mut last_status = None;
+    if let Some(Live {
+        mut sink,
+        mut stream,
+        status,
+    }) = live.take()
+    {
+        last_status = status;
+        match core.report.ended_by {
+            Some(CallEnding::BridgeClosed) => {
+                // tungstenite queued the close reply; flush it and let the socket finish.
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+            }
+            Some(CallEnding::ConnectionLost) => {}
+            _ => {
+                let close = Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                }));
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+                // Wait briefly for the bridge's close reply so the handshake completes.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
                     }
-                }
-            })
-            .await;
+                })
+                .await;
+            }
         }
     }
     let end_ms = elapsed_ms();
     let mut report = core.into_report(end_ms);
-    if let Some(h) = started_cb {
+    for h in closers {
+        let _ = h.await;
+    }
+    for h in callbacks {
         if let Ok(rec) = h.await {
             report.status_callbacks.push(rec);
         }
     }
-    if let Some(plan) = status_plan {
+    if let Some(plan) = last_status {
         report
             .status_callbacks
             .push(plan.send("stream-stopped").await);
     }
     Ok(report)
 }
-
-type WsSink = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    Message,
->;
 
 /// Send a batch of messages and flush once; a bridge that stops reading for 5 s counts as a
 /// broken connection rather than stalling the clock forever.
@@ -1798,18 +2551,20 @@ fn form_encode(s: &str) -> String {
     out
 }
 
-/// The §2.1 inbound-call fields, alphabetical as on the wire.
+/// The §2.1 inbound-call fields, alphabetical as on the wire (`CallStatus` `ringing` for the
+/// voice webhook, `in-progress` for TwiML fetched after a REST update).
 fn webhook_form(
     cfg: &SimCallerBuilder,
     account_sid: &str,
     call_sid: &str,
+    call_status: &str,
 ) -> Vec<(String, String)> {
     let token = format!("{:032x}", rand::rng().random::<u128>());
     let f = [
         ("AccountSid", account_sid),
         ("ApiVersion", "2010-04-01"),
         ("CallSid", call_sid),
-        ("CallStatus", "ringing"),
+        ("CallStatus", call_status),
         ("CallToken", &token),
         ("Called", &cfg.to),
         ("CalledCity", ""),
@@ -1846,7 +2601,7 @@ async fn do_webhook(
     account_sid: &str,
     call_sid: &str,
 ) -> Result<WebhookOutcome, SimCallerError> {
-    let form = webhook_form(cfg, account_sid, call_sid);
+    let form = webhook_form(cfg, account_sid, call_sid, "ringing");
     let signed_url = cfg.public_webhook_url.as_deref().unwrap_or(hook);
     let signature = sign(&cfg.auth_token, signed_url, &form);
     let body = form
@@ -1893,11 +2648,7 @@ async fn do_webhook(
     }
     // A relative stream URL is resolved against the (public) webhook's host, as wss.
     if parsed.url.starts_with('/') {
-        let host = signed_url
-            .split_once("://")
-            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
-            .unwrap_or("");
-        parsed.url = format!("wss://{host}{}", parsed.url);
+        parsed.url = format!("wss://{}{}", host_of(signed_url), parsed.url);
     }
     let exchange = WebhookExchange {
         form,
@@ -1921,19 +2672,7 @@ struct StatusPlan {
 impl StatusPlan {
     fn new(cfg: &SimCallerBuilder, cs: &ConnectStream, r: &CallReport) -> Option<Self> {
         let public_url = cs.status_callback.clone()?;
-        let target = match (
-            &cfg.callback_override,
-            &cfg.public_webhook_url,
-            &cfg.webhook,
-        ) {
-            (Some(base), _, _) => replace_origin(&public_url, base),
-            (None, Some(public_hook), Some(hook))
-                if origin(public_hook).is_some() && origin(public_hook) == origin(&public_url) =>
-            {
-                replace_origin(&public_url, origin(hook).unwrap_or(hook))
-            }
-            _ => public_url.clone(),
-        };
+        let target = local_target(cfg, &public_url);
         let name = cs.name.clone().unwrap_or_else(|| r.stream_sid.clone());
         let fields = vec![
             ("AccountSid".to_string(), r.account_sid.clone()),
@@ -2013,6 +2752,25 @@ impl StatusPlan {
     }
 }
 
+/// Where a request for a public URL really goes: [`SimCallerBuilder::callback_override`]'s
+/// origin if set; else the real webhook's origin when the URL is on the public webhook's
+/// host; else the URL itself.
+fn local_target(cfg: &SimCallerBuilder, public_url: &str) -> String {
+    match (
+        &cfg.callback_override,
+        &cfg.public_webhook_url,
+        &cfg.webhook,
+    ) {
+        (Some(base), _, _) => replace_origin(public_url, base),
+        (None, Some(public_hook), Some(hook))
+            if origin(public_hook).is_some() && origin(public_hook) == origin(public_url) =>
+        {
+            replace_origin(public_url, origin(hook).unwrap_or(hook))
+        }
+        _ => public_url.to_string(),
+    }
+}
+
 /// `scheme://authority` of a URL.
 fn origin(url: &str) -> Option<&str> {
     let (scheme, rest) = url.split_once("://")?;
@@ -2050,6 +2808,7 @@ fn iso8601_utc(t: std::time::SystemTime) -> String {
     )
 }
 
+#[derive(Debug, Clone)]
 struct ConnectStream {
     url: String,
     track: Option<String>,
@@ -2065,6 +2824,7 @@ struct Tag {
     name: String,
     attrs: BTreeMap<String, String>,
     closing: bool,
+    self_closing: bool,
     start: usize,
     end: usize,
 }
@@ -2099,6 +2859,7 @@ fn scan_tags(xml: &str) -> Vec<Tag> {
             Some(r) => (true, r),
             None => (false, inner),
         };
+        let self_closing = !closing && inner.ends_with('/');
         let inner = inner.strip_suffix('/').unwrap_or(inner);
         let name_end = inner.find(char::is_whitespace).unwrap_or(inner.len());
         let name = inner[..name_end].to_string();
@@ -2120,6 +2881,7 @@ fn scan_tags(xml: &str) -> Vec<Tag> {
             name,
             attrs,
             closing,
+            self_closing,
             start,
             end: j + 1,
         });
@@ -2198,6 +2960,178 @@ fn read_connect_stream(twiml: &str) -> Option<ConnectStream> {
         params,
         fallback,
     })
+}
+
+/// An element of a TwiML document.
+#[derive(Debug)]
+struct Node {
+    name: String,
+    attrs: BTreeMap<String, String>,
+    /// Direct text content, unescaped and trimmed.
+    text: String,
+    children: Vec<Node>,
+    /// Offset of the opening tag.
+    start: usize,
+}
+
+/// `text` with any `<…>` spans (processing instructions and comments the tag scanner
+/// skipped) removed.
+fn strip_skipped(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        match rest[open..].find('>') {
+            Some(close) => rest = &rest[open + close + 1..],
+            None => {
+                out.push_str(&rest[open..]);
+                return out;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Parse a TwiML document into its `<Response>` element; errors for anything that is not a
+/// single well-nested `<Response>` (Twilio error 12100).
+fn parse_twiml_tree(xml: &str) -> Result<Node, String> {
+    let mut stack: Vec<Node> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut pos = 0;
+    let attach = |stack: &mut Vec<Node>, root: &mut Option<Node>, node: Node| {
+        match stack.last_mut() {
+            Some(parent) => parent.children.push(node),
+            None if root.is_none() => *root = Some(node),
+            None => return Err(format!("second root element <{}>", node.name)),
+        }
+        Ok(())
+    };
+    for t in scan_tags(xml) {
+        let text = strip_skipped(&xml[pos..t.start]);
+        match stack.last_mut() {
+            Some(top) => top.text.push_str(&xml_unescape(&text)),
+            None if text.trim().is_empty() => {}
+            None => return Err(format!("text outside the root element: {:?}", short(&text))),
+        }
+        pos = t.end;
+        if t.name.is_empty() || t.name.contains(['<', '"', '\'', '=']) {
+            return Err(format!("malformed tag at offset {}", t.start));
+        }
+        if t.closing {
+            let mut node = stack
+                .pop()
+                .ok_or_else(|| format!("</{}> without an opening tag", t.name))?;
+            if node.name != t.name {
+                return Err(format!("<{}> closed by </{}>", node.name, t.name));
+            }
+            node.text = node.text.trim().to_string();
+            attach(&mut stack, &mut root, node)?;
+        } else {
+            let node = Node {
+                name: t.name,
+                attrs: t.attrs,
+                text: String::new(),
+                children: Vec::new(),
+                start: t.start,
+            };
+            if t.self_closing {
+                attach(&mut stack, &mut root, node)?;
+            } else {
+                stack.push(node);
+            }
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(format!("<{}> is never closed", open.name));
+    }
+    if !strip_skipped(&xml[pos..]).trim().is_empty() {
+        return Err("text after the root element".into());
+    }
+    let root = root.ok_or("no elements")?;
+    if root.name != "Response" {
+        return Err(format!("root element is <{}>, not <Response>", root.name));
+    }
+    Ok(root)
+}
+
+/// The verbs of a REST update's TwiML, in order (§1.1, §3.2).
+fn parse_verbs(xml: &str) -> Result<Vec<Verb>, String> {
+    let root = parse_twiml_tree(xml)?;
+    let mut verbs = Vec::new();
+    for node in root.children {
+        let verb = match node.name.as_str() {
+            "Play" => match node.attrs.get("digits") {
+                Some(d) => Verb::PlayDigits(d.clone()),
+                None => Verb::Unknown("<Play> of an audio URL".into()),
+            },
+            "Say" => Verb::Say(node.text.clone()),
+            "Pause" => {
+                let length = node.attrs.get("length").map_or(Ok(1), |l| l.parse::<u64>());
+                Verb::Pause(length.map_err(|_| "<Pause length> is not a number")? * 1000)
+            }
+            "Dial" => {
+                const NOUNS: [&str; 7] = [
+                    "Number",
+                    "Sip",
+                    "Client",
+                    "Conference",
+                    "Queue",
+                    "Application",
+                    "WhatsApp",
+                ];
+                let noun = node
+                    .children
+                    .iter()
+                    .find(|c| NOUNS.contains(&c.name.as_str()));
+                let target = noun.map_or(node.text.as_str(), |n| n.text.as_str());
+                if target.is_empty() {
+                    return Err("<Dial> without a number".into());
+                }
+                let timeout = match node.attrs.get("timeout") {
+                    Some(t) => Some(
+                        t.parse::<u32>()
+                            .map_err(|_| format!("<Dial timeout={t:?}> is not a number"))?,
+                    ),
+                    None => None,
+                };
+                Verb::Dial {
+                    target: target.to_string(),
+                    caller_id: node.attrs.get("callerId").cloned(),
+                    timeout,
+                    whisper_url: noun.and_then(|n| n.attrs.get("url").cloned()),
+                }
+            }
+            "Connect" => match node.children.iter().find(|c| c.name == "Stream") {
+                Some(stream) => {
+                    if !stream.attrs.contains_key("url") {
+                        return Err("<Stream> without url".into());
+                    }
+                    let cs = read_connect_stream(&xml[node.start..])
+                        .ok_or("<Connect><Stream> unreadable")?;
+                    Verb::Connect(cs)
+                }
+                None => Verb::Unknown("<Connect> without <Stream>".into()),
+            },
+            "Redirect" => {
+                if node.text.is_empty() {
+                    return Err("<Redirect> without a url".into());
+                }
+                Verb::Redirect {
+                    url: node.text.clone(),
+                    method: node
+                        .attrs
+                        .get("method")
+                        .cloned()
+                        .unwrap_or_else(|| "POST".into()),
+                }
+            }
+            "Hangup" => Verb::Hangup,
+            other => Verb::Unknown(format!("<{other}>")),
+        };
+        verbs.push(verb);
+    }
+    Ok(verbs)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2817,6 +3751,125 @@ mod tests {
     }
 
     #[test]
+    fn update_stops_the_stream_runs_twiml_and_a_new_stream_starts_afresh() {
+        let mut c = core(Script::new().silence(1000).say_ulaw("x", vec![7u8; 160]));
+        c.opening();
+        let mut k = 0;
+        let mut last_seq = 1;
+        while c.report().media_frames_sent < 3 {
+            for m in c.on_tick(c.tick_time(k)) {
+                last_seq = m["sequenceNumber"].as_str().unwrap().parse().unwrap();
+            }
+            k += 1;
+        }
+        let now = c.tick_time(k);
+        let twiml = r#"<Response><Play digits="w1"/><Connect><Stream url="wss://h/m"><Parameter name="p" value="v"/></Stream></Connect><Hangup/></Response>"#;
+        let out = c.on_update(now, &[("Twiml".into(), twiml.into())]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["event"], "stop");
+        assert_eq!(out[0]["sequenceNumber"], (last_seq + 1).to_string());
+        assert!(!c.streaming() && !c.ended());
+        // The gap: silence heard, nothing sent, the connect comes after 600 ms of digits.
+        let heard_before = c.report().heard.len();
+        let mut action = None;
+        while action.is_none() {
+            k += 1;
+            assert!(c.on_tick(c.tick_time(k)).is_empty());
+            action = c.take_action();
+        }
+        assert!(c.tick_time(k) >= now + 600);
+        assert!(c.report().heard[heard_before..].iter().all(|&b| b == 0xFF));
+        let Some(ShellAction::Connect { stream, base: None }) = action else {
+            panic!("{action:?}");
+        };
+        assert_eq!(stream.url, "wss://h/m");
+        assert_eq!(c.report().fallback_twiml.as_deref(), Some("<Hangup/>"));
+        let at = c.tick_time(k) + 7;
+        let opening = c.begin_stream(at, "MZ2".into(), stream.params);
+        assert_eq!(opening[1]["sequenceNumber"], "1");
+        assert_eq!(opening[1]["start"]["customParameters"], json!({"p": "v"}));
+        let mut media = Vec::new();
+        while media.len() < 2 {
+            k += 1;
+            media.extend(c.on_tick(c.tick_time(k)));
+        }
+        assert!(c.tick_time(k) >= at + 155);
+        assert_eq!(media[0]["streamSid"], "MZ2");
+        assert_eq!(media[0]["sequenceNumber"], "2");
+        assert_eq!(media[0]["media"]["chunk"], "1");
+        assert_eq!(media[0]["media"]["timestamp"], "155");
+        assert_eq!(c.report().stream_sids, ["MZ1", "MZ2"]);
+        // Messages for the old stream are now invalid; the new one's are accepted.
+        c.on_text(&media_for("MZ1", &[1u8; 160]), c.tick_time(k));
+        assert_eq!(c.report().media_messages_received, 0);
+        c.on_text(&media_for("MZ2", &[1u8; 160]), c.tick_time(k));
+        assert_eq!(c.report().media_messages_received, 1);
+    }
+
+    fn media_for(sid: &str, bytes: &[u8]) -> String {
+        json!({"event":"media","streamSid":sid,"media":{"payload": base64::engine::general_purpose::STANDARD.encode(bytes)}}).to_string()
+    }
+
+    #[test]
+    fn status_update_hangs_up_and_between_streams_ends_quietly() {
+        let mut c = core(Script::new().silence(10_000));
+        c.opening();
+        let out = c.on_update(100, &[("Status".into(), "completed".into())]);
+        assert_eq!(out[0]["event"], "stop");
+        assert_eq!(c.report().ended_by, Some(CallEnding::CompletedByRest));
+
+        let mut c = core(Script::new().silence(10_000));
+        c.opening();
+        let out = c.on_update(100, &[("Url".into(), "https://h/next".into())]);
+        assert_eq!(out[0]["event"], "stop");
+        assert!(
+            matches!(c.take_action(), Some(ShellAction::Fetch { method, .. }) if method == "POST")
+        );
+        assert!(c.hang_up(200, CallEnding::HangUpRequested).is_empty());
+        assert_eq!(
+            c.report().timeline.last().unwrap().event,
+            TimelineEvent::CallEnded {
+                reason: CallEnding::HangUpRequested
+            }
+        );
+    }
+
+    #[test]
+    fn twiml_verbs_parse_and_bad_documents_fail() {
+        let v = parse_verbs(
+            r#"<?xml version="1.0"?><!-- c --><Response><Say voice="alice">Hi &amp; bye</Say><Pause/><Pause length="2"/><Play>https://x/a.mp3</Play><Redirect method="GET">https://h/r</Redirect><Dial>+1555</Dial></Response>"#,
+        )
+        .unwrap();
+        let names: Vec<String> = v.iter().map(|v| format!("{v:?}")).collect();
+        assert!(
+            matches!(&v[0], Verb::Say(t) if t == "Hi & bye"),
+            "{names:?}"
+        );
+        assert!(matches!(v[1], Verb::Pause(1000)));
+        assert!(matches!(v[2], Verb::Pause(2000)));
+        assert!(matches!(&v[3], Verb::Unknown(_)));
+        assert!(
+            matches!(&v[4], Verb::Redirect { url, method } if url == "https://h/r" && method == "GET")
+        );
+        assert!(matches!(&v[5], Verb::Dial { target, timeout: None, .. } if target == "+1555"));
+        assert!(parse_verbs("<Response/>").unwrap().is_empty());
+        for bad in [
+            "",
+            "hello",
+            "<Response><Say>x</Response>",
+            "<Response></Response><Response></Response>",
+            "<Speak>x</Speak>",
+            "<Response><Dial></Dial></Response>",
+            "<Response><Connect><Stream/></Connect></Response>",
+            r#"<Response><Pause length="soon"/></Response>"#,
+            "<Response></Response>trailing",
+            "<Response></Response><Foo",
+        ] {
+            assert!(parse_verbs(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
     fn signing_matches_twilio_vectors() {
         assert_eq!(
             sign(
@@ -2831,6 +3884,7 @@ mod tests {
             &cfg,
             "AC0123456789abcdef0123456789abcdef",
             "CAfedcba9876543210fedcba9876543210",
+            "ringing",
         );
         for (k, v) in form.iter_mut() {
             if k == "CallToken" {

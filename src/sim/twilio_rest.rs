@@ -4,7 +4,11 @@
 //! Used by `callbridge demo` (so the demo shows a real hang-up) and by tests. A call is
 //! registered with a callback that plays Twilio's part on the media stream: any update of a
 //! live call ends its stream (the simulated caller receives `stop`), as on the real service.
-//! Reads forms and writes JSON without the bridge's REST client types.
+//! [`FakeRestHandle::register_caller`] wires a simulated caller completely: `Status` hangs it
+//! up, `Twiml`/`Url` run on it (new stream, DTMF, transfer …), and once that call has ended
+//! by itself further updates get 21220. Auth is Basic `AccountSid:AuthToken` or, for keys
+//! added with [`FakeTwilioRest::api_key`], `SK…:secret` (§3.1); the AccountSid stays in the
+//! path. Reads forms and writes JSON without the bridge's REST client types.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine;
+
+use crate::sim::caller::SimCallerHandle;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -57,14 +63,30 @@ pub struct RestRequest {
     pub fields: Vec<(String, String)>,
 }
 
+/// Says whether a registered call is still going on the caller's side.
+type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
+
 struct CallEntry {
     status: &'static str,
     on_update: OnUpdate,
+    live: Option<Liveness>,
+}
+
+impl CallEntry {
+    /// The status, noticing a call that ended on the caller's side.
+    fn refresh(&mut self) -> &'static str {
+        if self.status == "in-progress" && self.live.as_ref().is_some_and(|live| !live()) {
+            self.status = "completed";
+        }
+        self.status
+    }
 }
 
 struct Inner {
     account_sid: String,
     auth_token: String,
+    /// API keys (`SK…` SID, secret) accepted as Basic credentials.
+    api_keys: Vec<(String, String)>,
     calls: Mutex<HashMap<String, CallEntry>>,
     requests: Mutex<Vec<RestRequest>>,
     /// Fail this many upcoming requests with this status (transient-error knob).
@@ -75,6 +97,7 @@ struct Inner {
 pub struct FakeTwilioRest {
     account_sid: String,
     auth_token: String,
+    api_keys: Vec<(String, String)>,
 }
 
 impl FakeTwilioRest {
@@ -83,7 +106,15 @@ impl FakeTwilioRest {
         FakeTwilioRest {
             account_sid: account_sid.into(),
             auth_token: auth_token.into(),
+            api_keys: Vec::new(),
         }
+    }
+
+    /// Also accept Basic auth with this API key (`SK…` SID and its secret) in place of
+    /// `AccountSid:AuthToken`; may be called more than once.
+    pub fn api_key(mut self, sid: &str, secret: &str) -> FakeTwilioRest {
+        self.api_keys.push((sid.into(), secret.into()));
+        self
     }
 
     /// Serves on 127.0.0.1 (ephemeral port).
@@ -93,6 +124,7 @@ impl FakeTwilioRest {
         let inner = Arc::new(Inner {
             account_sid: self.account_sid,
             auth_token: self.auth_token,
+            api_keys: self.api_keys,
             calls: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             fail_next: Mutex::new((0, 0)),
@@ -134,6 +166,23 @@ impl FakeRestHandle {
             CallEntry {
                 status: "in-progress",
                 on_update,
+                live: None,
+            },
+        );
+    }
+
+    /// Registers a simulated caller's call: every accepted update goes to
+    /// [`SimCallerHandle::update_trigger`] (so `Status` hangs up, `Twiml`/`Url` run on the
+    /// call as on Twilio), and once the call has ended on the caller's side (hang-up,
+    /// transfer, the bridge closed …) it counts as `completed` (updates get 21220).
+    pub fn register_caller(&self, call_sid: &str, caller: &SimCallerHandle) {
+        let trigger = caller.update_trigger();
+        lock(&self.inner.calls).insert(
+            call_sid.to_string(),
+            CallEntry {
+                status: "in-progress",
+                on_update: Arc::new(move |u: &CallUpdate| trigger(&u.fields)),
+                live: Some(Arc::new(caller.liveness())),
             },
         );
     }
@@ -147,7 +196,9 @@ impl FakeRestHandle {
 
     /// The call's status (`in-progress`, `completed`), if registered.
     pub fn call_status(&self, call_sid: &str) -> Option<&'static str> {
-        lock(&self.inner.calls).get(call_sid).map(|c| c.status)
+        lock(&self.inner.calls)
+            .get_mut(call_sid)
+            .map(CallEntry::refresh)
     }
 
     /// Answers the next `count` requests with `status` (e.g. 503 or 429) before handling them.
@@ -266,7 +317,13 @@ fn handle(
         .and_then(|h| h.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok())
-        .is_some_and(|cred| cred == format!("{}:{}", inner.account_sid, inner.auth_token));
+        .is_some_and(|cred| {
+            cred == format!("{}:{}", inner.account_sid, inner.auth_token)
+                || inner
+                    .api_keys
+                    .iter()
+                    .any(|(sid, secret)| cred == format!("{sid}:{secret}"))
+        });
     if !authorized {
         let (s, v) = error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
         return (s, v, None);
@@ -352,7 +409,7 @@ fn handle(
         );
         return (s, v, None);
     };
-    if entry.status != "in-progress" {
+    if entry.refresh() != "in-progress" {
         let (s, v) = error(
             StatusCode::BAD_REQUEST,
             21220,
