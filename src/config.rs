@@ -114,6 +114,42 @@ pub struct Config {
     pub transfer: TransferConfig,
     /// Tools the model may call besides end_call and transfer_call.
     pub tools: ToolsConfig,
+    /// Model connection handover (goAway) and fault recovery.
+    pub session: SessionConfig,
+}
+
+/// `[session]` — keeping one conversation alive across model connections.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// On goAway: `close_first` closes the old connection before resuming on a new one;
+    /// `overlap` opens the new one first and falls back to `close_first` if the server
+    /// refuses a resume while the old socket is open.
+    pub handover: String,
+    /// Reconnection attempts after a lost connection before the call ends (fallback verbs).
+    pub max_reconnects: u32,
+    /// First reconnection backoff, ms (doubles per attempt).
+    pub reconnect_backoff_ms: u64,
+    /// Play the filler ("One moment, please.") when a recovery takes longer than this, ms
+    /// (0 = never).
+    pub filler_after_ms: u64,
+    /// Most transcript characters kept to seed a fresh session when resumption fails.
+    pub history_chars: usize,
+    /// Most model sessions opened for one call.
+    pub max_sessions_per_call: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            handover: "close_first".into(),
+            max_reconnects: 4,
+            reconnect_backoff_ms: 250,
+            filler_after_ms: 1_000,
+            history_chars: 8_000,
+            max_sessions_per_call: 200,
+        }
+    }
 }
 
 /// `[server]`
@@ -168,6 +204,14 @@ pub struct GeminiConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed from sending `setup` to `setupComplete`, in milliseconds.
     pub setup_timeout_ms: u64,
+    /// Sliding-window context compression, so sessions can outlive the 15-minute audio limit.
+    pub context_compression: bool,
+    /// Tokens that trigger compression (0 = server default, 80% of the window).
+    pub compression_trigger_tokens: u64,
+    /// Tokens kept after compression (0 = server default, half the trigger).
+    pub compression_target_tokens: u64,
+    /// After a barge-in, tell the model how much of its answer the caller actually heard.
+    pub tell_model_what_was_heard: bool,
     /// Server-side voice activity detection.
     pub vad: VadConfig,
     /// API key or ephemeral token, from env `GEMINI_API_KEY` only.
@@ -195,6 +239,10 @@ impl Default for GeminiConfig {
             session_resumption: true,
             connect_timeout_ms: 5_000,
             setup_timeout_ms: 10_000,
+            context_compression: true,
+            compression_trigger_tokens: 0,
+            compression_target_tokens: 0,
+            tell_model_what_was_heard: true,
             vad: VadConfig::default(),
             api_key: Secret::default(),
         }
@@ -690,6 +738,35 @@ impl Config {
                 "twilio.api_key_sid",
                 &t.api_key_sid,
                 "expected SK followed by 32 hex digits",
+            ));
+        }
+        let se = &self.session;
+        if !matches!(se.handover.as_str(), "close_first" | "overlap") {
+            return Err(invalid(
+                "session.handover",
+                &se.handover,
+                "expected \"close_first\" or \"overlap\"",
+            ));
+        }
+        if se.max_reconnects > 20 {
+            return Err(invalid(
+                "session.max_reconnects",
+                se.max_reconnects,
+                "expected 0..=20",
+            ));
+        }
+        if se.reconnect_backoff_ms == 0 || se.reconnect_backoff_ms > 10_000 {
+            return Err(invalid(
+                "session.reconnect_backoff_ms",
+                se.reconnect_backoff_ms,
+                "expected 1..=10000",
+            ));
+        }
+        if se.max_sessions_per_call == 0 {
+            return Err(invalid(
+                "session.max_sessions_per_call",
+                0,
+                "expected at least 1",
             ));
         }
         let tr = &self.transfer;

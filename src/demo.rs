@@ -258,6 +258,18 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
                 )
             }
             CallEvent::Dtmf(d) => format!("bridge  caller keys {d} sent to the model"),
+            CallEvent::Reconnected {
+                reason,
+                resumed,
+                gap_ms,
+            } => format!(
+                "bridge  model connection replaced ({reason}, {}) in {gap_ms} ms",
+                if *resumed {
+                    "resumed"
+                } else {
+                    "fresh session with the transcript"
+                }
+            ),
             CallEvent::Continued { .. } => {
                 "bridge  stream reconnected; same model session".to_string()
             }

@@ -17,13 +17,20 @@ async fn hang_up_updates_the_call_and_ends_its_stream() {
     let rest = FakeTwilioRest::new(AC, "token").spawn().await.unwrap();
     let ended = Arc::new(AtomicUsize::new(0));
     let e = ended.clone();
-    rest.register_call(CA, Arc::new(move |u| {
-        assert_eq!(u.field("Status"), Some("completed"));
-        e.fetch_add(1, Ordering::SeqCst);
-    }));
+    rest.register_call(
+        CA,
+        Arc::new(move |u| {
+            assert_eq!(u.field("Status"), Some("completed"));
+            e.fetch_add(1, Ordering::SeqCst);
+        }),
+    );
     let client = TwilioRest::new(&rest.base_url(), AC, AC, Secret::new("token"));
     client.hang_up(CA).await.unwrap();
-    assert_eq!(ended.load(Ordering::SeqCst), 1, "the stream was told to stop");
+    assert_eq!(
+        ended.load(Ordering::SeqCst),
+        1,
+        "the stream was told to stop"
+    );
     assert_eq!(rest.call_status(CA), Some("completed"));
     // Hanging up a call that already ended (21220) counts as success.
     client.hang_up(CA).await.unwrap();
@@ -41,7 +48,10 @@ async fn errors_are_parsed_and_not_retried_when_permanent() {
     assert_eq!(err.code(), Some(20003));
     assert!(err.to_string().contains("401"), "{err}");
     let good = TwilioRest::new(&rest.base_url(), AC, AC, Secret::new("token"));
-    let err = good.hang_up("CA00000000000000000000000000000000").await.unwrap_err();
+    let err = good
+        .hang_up("CA00000000000000000000000000000000")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(20404));
     let long = format!("<Response><Say>{}</Say></Response>", "x".repeat(4000));
     rest.register_call(CA, Arc::new(|_| {}));
@@ -66,7 +76,11 @@ async fn transient_failures_are_retried_with_a_bound() {
     rest.fail_next(10, 429);
     let err = client.hang_up(CA).await.unwrap_err();
     assert!(err.to_string().contains("429"));
-    assert_eq!(rest.requests().len(), 3 + 4, "1 try + 3 retries, then give up");
+    assert_eq!(
+        rest.requests().len(),
+        3 + 4,
+        "1 try + 3 retries, then give up"
+    );
 }
 
 #[tokio::test]
@@ -75,6 +89,9 @@ async fn regional_base_url_and_transport_errors() {
     let client = TwilioRest::new("http://127.0.0.1:9", AC, AC, Secret::new("token"))
         .with_retries(1, Duration::from_millis(10));
     let err = client.hang_up(CA).await.unwrap_err();
-    assert!(err.to_string().starts_with("request to twilio failed"), "{err}");
+    assert!(
+        err.to_string().starts_with("request to twilio failed"),
+        "{err}"
+    );
     assert!(!err.to_string().contains("token"));
 }

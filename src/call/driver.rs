@@ -203,6 +203,17 @@ where
                         );
                     }
                 }
+                Output::CloseModel => {
+                    if let Some(mut old) = model.take() {
+                        // Handover: close politely in the background; the new connection
+                        // is opened right after.
+                        tokio::spawn(async move {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(2), old.close(None)).await;
+                        });
+                    }
+                    connecting = None;
+                }
                 Output::ConnectModel => {
                     let url = ctx.gemini_url.clone();
                     let cred = ctx.credential.clone();
@@ -358,6 +369,10 @@ fn model_json(cmd: &ModelOut) -> String {
         ModelOut::ClientContent(turns) => gwire::to_json(&gwire::ModelCommand::ClientContent {
             turns,
             turn_complete: true,
+        }),
+        ModelOut::Context(turns) => gwire::to_json(&gwire::ModelCommand::ClientContent {
+            turns,
+            turn_complete: false,
         }),
         ModelOut::ToolResponse(r) => gwire::to_json(&gwire::ModelCommand::ToolResponse(r)),
     }
@@ -600,6 +615,13 @@ fn note(ctx: &CallContext, event: CallEvent) {
         CallEvent::ToolCall { name, id, .. } => tracing::info!(tool = %name, id = %id, "tool call"),
         CallEvent::ToolResult { name, ok, .. } => tracing::info!(tool = %name, ok, "tool answered"),
         CallEvent::GoAway { time_left_ms } => tracing::info!(?time_left_ms, "model goAway"),
+        CallEvent::Reconnected {
+            reason,
+            resumed,
+            gap_ms,
+        } => {
+            tracing::info!(reason, resumed, gap_ms, "model connection replaced")
+        }
         CallEvent::Ended(why) => tracing::info!(reason = why.as_str(), detail = ?why, "call ended"),
         _ => tracing::trace!(?event, "call event"),
     }

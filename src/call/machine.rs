@@ -19,7 +19,9 @@ use serde_json::json;
 
 use crate::audio::transcode::{AudioError, Downlink, Uplink};
 use crate::config::{Config, TransferDestination};
-use crate::gemini::setup::{ActivityDetection, FunctionDeclaration, SetupParams};
+use crate::gemini::setup::{
+    ActivityDetection, ContextCompression, FunctionDeclaration, SetupParams,
+};
 use crate::gemini::wire::{FunctionCall, FunctionResponse, ModelEvent, Role, Turn, UsageMetadata};
 use crate::twilio::wire::{CallerEvent, StreamStart};
 
@@ -68,6 +70,29 @@ pub struct CallSettings {
     pub silence_timeout: Option<Duration>,
     /// After a wrap-up request, the call ends at the latest this much later.
     pub wrap_up_grace: Duration,
+    /// After a barge-in, tell the model what the caller actually heard.
+    pub tell_model_what_was_heard: bool,
+    /// Reconnection attempts after a lost model connection.
+    pub max_reconnects: u32,
+    /// First reconnection backoff (doubles per attempt).
+    pub reconnect_backoff: Duration,
+    /// Play the filler when a recovery takes longer than this.
+    pub filler_after: Option<Duration>,
+    /// The filler, 8 kHz μ-law.
+    pub filler: std::sync::Arc<[u8]>,
+    /// Transcript characters kept for seeding a fresh session.
+    pub history_chars: usize,
+    /// Most model sessions per call.
+    pub max_sessions: u32,
+}
+
+/// "One moment, please." — played while a lost model connection is recovered.
+fn bundled_filler() -> std::sync::Arc<[u8]> {
+    crate::audio::wav::read_wav(include_bytes!("../../assets/filler_one_moment.mulaw8k.wav"))
+        .ok()
+        .and_then(|w| w.to_ulaw())
+        .unwrap_or_default()
+        .into()
 }
 
 impl CallSettings {
@@ -187,7 +212,12 @@ impl CallSettings {
                     .into(),
                 ),
             },
-            context_compression: None,
+            context_compression: g.context_compression.then(|| ContextCompression {
+                trigger_tokens: (g.compression_trigger_tokens > 0)
+                    .then_some(g.compression_trigger_tokens),
+                target_tokens: (g.compression_target_tokens > 0)
+                    .then_some(g.compression_target_tokens),
+            }),
         };
         CallSettings {
             setup,
@@ -209,6 +239,14 @@ impl CallSettings {
             silence_timeout: (cfg.limits.silence_timeout_secs > 0)
                 .then(|| Duration::from_secs(cfg.limits.silence_timeout_secs)),
             wrap_up_grace: Duration::from_millis(cfg.limits.wrap_up_grace_ms),
+            tell_model_what_was_heard: g.tell_model_what_was_heard,
+            max_reconnects: cfg.session.max_reconnects,
+            reconnect_backoff: Duration::from_millis(cfg.session.reconnect_backoff_ms),
+            filler_after: (cfg.session.filler_after_ms > 0)
+                .then(|| Duration::from_millis(cfg.session.filler_after_ms)),
+            filler: bundled_filler(),
+            history_chars: cfg.session.history_chars,
+            max_sessions: cfg.session.max_sessions_per_call,
         }
     }
 }
@@ -265,6 +303,8 @@ pub enum Output {
     /// Open the model WebSocket (then feed [`Input::ModelConnected`] or
     /// [`Input::ModelConnectFailed`]).
     ConnectModel,
+    /// Close the current model WebSocket (handover); feed nothing back for it.
+    CloseModel,
     /// An effect on the call through the telephony provider's API.
     Control(CallAction),
     /// Something worth recording on the call's timeline.
@@ -299,8 +339,10 @@ pub enum ModelOut {
     Audio(Vec<u8>),
     /// Text input (`realtimeInput.text`).
     Text(String),
-    /// Ordered turns (`clientContent`).
+    /// Ordered turns (`clientContent`) that make the model answer (`turnComplete: true`).
     ClientContent(Vec<Turn>),
+    /// Turns added as context only (`turnComplete: false`): the model does not answer.
+    Context(Vec<Turn>),
     /// Answers to tool calls.
     ToolResponse(Vec<FunctionResponse>),
 }
@@ -479,6 +521,15 @@ pub enum CallEvent {
         /// The new stream.
         stream_sid: String,
     },
+    /// The conversation moved to a new model connection.
+    Reconnected {
+        /// `go_away` (planned handover) or `fault` (recovery).
+        reason: &'static str,
+        /// Whether the session was resumed (else: a fresh one seeded with the transcript).
+        resumed: bool,
+        /// From the old connection's end to `setupComplete` on the new one.
+        gap_ms: u64,
+    },
     /// The agent was asked to wrap up the call.
     WrapUp {
         /// Why: `silence` or `max_duration`.
@@ -572,6 +623,25 @@ struct WrapUp {
     reason: CallEnd,
 }
 
+/// A replacement model connection in progress.
+#[derive(Debug)]
+struct Reconnect {
+    /// `go_away` or `fault`.
+    reason: &'static str,
+    /// Failed attempts so far.
+    failures: u32,
+    /// When to open the next connection (`None`: one is being opened now).
+    next_try: Option<Instant>,
+    /// When the old connection ended.
+    since: Instant,
+    /// Resume with the handle (else a fresh session seeded with the transcript).
+    resume: bool,
+    filler_played: bool,
+}
+
+/// The caller counts as mid-utterance for this long after the last voiced frame.
+const QUIET_AFTER_VOICE: Duration = Duration::from_millis(600);
+
 /// Mean square of a μ-law frame above which the caller counts as speaking (about -36 dBFS).
 const VOICE_POWER: f64 = 500.0 * 500.0;
 
@@ -623,6 +693,28 @@ pub struct Call {
     last_activity: Instant,
     /// Continuation tokens issued by this call.
     tokens_issued: u32,
+    /// Last time the caller's audio carried voice.
+    last_voice: Option<Instant>,
+    /// The caller spoke and the model has not completed a reply since: a handover now would
+    /// lose the reply being prepared.
+    reply_due: bool,
+    /// A goAway arrived: hand over before this deadline, at a quiet moment.
+    go_away_deadline: Option<Instant>,
+    /// A replacement model connection is being opened.
+    reconnect: Option<Reconnect>,
+    /// Model sessions opened for this call.
+    sessions_opened: u32,
+    /// Tool call ids issued by the current model session.
+    session_tools: HashSet<String>,
+    /// Messages for the model held while no session is live.
+    deferred: Vec<ModelOut>,
+    /// Conversation so far (transcripts), to seed a fresh session.
+    history: VecDeque<Turn>,
+    history_len: usize,
+    caller_text: String,
+    agent_text: String,
+    /// 24 kHz PCM bytes generated for the current turn.
+    turn_generated: u64,
 
     dtmf: String,
     dtmf_deadline: Option<Instant>,
@@ -668,6 +760,18 @@ impl Call {
             wrap_up: None,
             last_activity: now,
             tokens_issued: 0,
+            last_voice: None,
+            reply_due: false,
+            go_away_deadline: None,
+            reconnect: None,
+            sessions_opened: 0,
+            session_tools: HashSet::new(),
+            deferred: Vec::new(),
+            history: VecDeque::new(),
+            history_len: 0,
+            caller_text: String::new(),
+            agent_text: String::new(),
+            turn_generated: 0,
             dtmf: String::new(),
             dtmf_deadline: None,
             resume_handle: None,
@@ -731,6 +835,18 @@ impl Call {
         consider(self.dtmf_deadline);
         consider(self.action.as_ref().map(|h| h.deadline));
         consider(self.wrap_up.as_ref().map(|w| w.deadline));
+        consider(self.go_away_deadline);
+        if self.go_away_deadline.is_some() {
+            // Re-check for a quiet moment as playback drains.
+            consider(self.queued_until);
+            consider(self.last_voice.map(|v| v + QUIET_AFTER_VOICE));
+        }
+        if let Some(r) = &self.reconnect {
+            consider(r.next_try);
+            if let (Some(after), false) = (self.settings.filler_after, r.filler_played) {
+                consider(Some(r.since + after));
+            }
+        }
         if self.phase == Phase::Live && self.wrap_up.is_none() {
             if let Some(t) = self.settings.silence_timeout {
                 let busy_until = self.queued_until.unwrap_or(self.last_activity);
@@ -761,22 +877,41 @@ impl Call {
             Input::ModelConnected => {
                 if self.phase == Phase::Connecting {
                     let mut setup = self.settings.setup.clone();
-                    setup.resume_handle = self.resume_handle.clone();
+                    let resume = self.reconnect.as_ref().is_none_or(|r| r.resume);
+                    setup.resume_handle = if resume {
+                        self.resume_handle.clone()
+                    } else {
+                        None
+                    };
+                    self.session_tools.clear();
                     self.phase = Phase::SettingUp;
                     self.outputs
                         .push_back(Output::ToModel(ModelOut::Setup(Box::new(setup))));
                 }
             }
             Input::ModelConnectFailed(why) => {
-                self.end(CallEnd::ModelUnavailable(format!("connect failed: {why}")))
+                if self.reconnect.is_some() {
+                    self.reconnect_failed(now, &format!("connect failed: {why}"), false);
+                } else {
+                    self.end(CallEnd::ModelUnavailable(format!("connect failed: {why}")))
+                }
             }
             Input::Model(ev) => self.on_model(ev, now),
             Input::ModelClosed { code, reason } => {
                 let why = format!("model closed the connection: code {code} {reason:?}");
-                if self.phase == Phase::Live {
+                if self.reconnect.is_some() {
+                    // The replacement failed before setupComplete; 1007/1008 on a resume
+                    // means the handle was refused.
+                    self.reconnect_failed(now, &why, matches!(code, 1007 | 1008));
+                } else if self.phase == Phase::Live && self.settings.max_reconnects > 0 {
+                    tracing::warn!(code, reason = %reason, "model connection lost; recovering");
+                    self.start_reconnect(now, "fault", true);
+                } else if self.phase == Phase::Live {
                     self.end(CallEnd::ModelLost(why));
-                } else {
+                } else if self.phase != Phase::Parked {
                     self.end(CallEnd::ModelUnavailable(why));
+                } else {
+                    self.end(CallEnd::ModelLost(why));
                 }
             }
             Input::ActionDone { id, result } => self.on_action_done(id, result),
@@ -825,9 +960,7 @@ impl Call {
                     stream_sid: start.stream_sid.clone(),
                 }));
                 self.start = Some(start);
-                self.phase = Phase::Connecting;
-                self.connect_requested = Some(now);
-                self.outputs.push_back(Output::ConnectModel);
+                self.open_session(now);
             }
             CallerEvent::Media(frame) => match self.phase {
                 Phase::AwaitingStart => {
@@ -888,6 +1021,37 @@ impl Call {
                     return;
                 }
                 self.phase = Phase::Live;
+                if let Some(r) = self.reconnect.take() {
+                    let gap_ms = now.saturating_duration_since(r.since).as_millis() as u64;
+                    tracing::info!(
+                        reason = r.reason,
+                        resumed = r.resume,
+                        gap_ms,
+                        "model session continued on a new connection"
+                    );
+                    self.outputs
+                        .push_back(Output::Event(CallEvent::Reconnected {
+                            reason: r.reason,
+                            resumed: r.resume,
+                            gap_ms,
+                        }));
+                    if !r.resume {
+                        let mut turns: Vec<Turn> = self.history.iter().cloned().collect();
+                        turns.push(Turn {
+                            role: Role::User,
+                            text: "[The phone call is still going on; the line was reconnected. Continue \
+                                   the conversation above where it left off; do not greet again.]"
+                                .into(),
+                        });
+                        self.outputs
+                            .push_back(Output::ToModel(ModelOut::Context(turns)));
+                    }
+                    self.flush_preconnect();
+                    for m in std::mem::take(&mut self.deferred) {
+                        self.outputs.push_back(Output::ToModel(m));
+                    }
+                    return;
+                }
                 let setup_ms = self
                     .connect_requested
                     .map_or(0, |c| now.saturating_duration_since(c).as_millis() as u64);
@@ -920,6 +1084,7 @@ impl Call {
                         frames_sent: 0,
                     });
                 }
+                self.turn_generated += pcm.len() as u64;
                 self.downlink_out.clear();
                 self.downlink.process(&pcm, &mut self.downlink_out);
                 self.pending.extend(self.downlink_out.iter().copied());
@@ -928,19 +1093,29 @@ impl Call {
             ModelEvent::Text(_) => {}
             ModelEvent::InputTranscription(t) => {
                 self.last_activity = now;
+                self.caller_text.push_str(&t);
                 self.outputs
                     .push_back(Output::Event(CallEvent::CallerTranscript(t)));
             }
             ModelEvent::OutputTranscription(t) => {
                 if !self.discarding {
+                    self.agent_text.push_str(&t);
                     self.outputs
                         .push_back(Output::Event(CallEvent::AgentTranscript(t)));
                 }
             }
             ModelEvent::Interrupted => self.on_interrupted(now),
-            ModelEvent::GenerationComplete => self.finish_generation(),
+            ModelEvent::GenerationComplete => {
+                self.finish_generation();
+                self.reply_due = false;
+            }
             ModelEvent::TurnComplete => {
                 self.finish_generation();
+                if !self.discarding {
+                    let agent = std::mem::take(&mut self.agent_text);
+                    self.remember_turn(agent);
+                }
+                self.turn_generated = 0;
                 self.discarding = false;
                 if let Some(h) = self.action.as_mut() {
                     h.model_done = true;
@@ -958,6 +1133,13 @@ impl Call {
                 }
             }
             ModelEvent::GoAway { time_left } => {
+                let left = time_left.unwrap_or(Duration::from_secs(30));
+                // Switch at a quiet moment, and in any case before the end: keep a fifth of
+                // the time left in hand (0.5 s to 5 s; ~5 s of the usual 50-60 s).
+                let margin = (left / 5)
+                    .clamp(Duration::from_millis(500), Duration::from_secs(5))
+                    .min(left);
+                self.go_away_deadline = Some(now + left.saturating_sub(margin));
                 self.outputs.push_back(Output::Event(CallEvent::GoAway {
                     time_left_ms: time_left.map(|d| d.as_millis() as u64),
                 }));
@@ -986,6 +1168,7 @@ impl Call {
     }
 
     fn on_tool_call(&mut self, call: FunctionCall, now: Instant) {
+        self.session_tools.insert(call.id.clone());
         if !self.answered_tools.insert(call.id.clone()) {
             tracing::warn!(
                 id = call.id,
@@ -1119,6 +1302,29 @@ impl Call {
             Ok(v) => json!({ "output": v }),
             Err(e) => json!({ "error": e }),
         };
+        if !self.session_tools.contains(&id) {
+            // Issued by an earlier model session (before a handover): the new session does
+            // not know the id, so the result goes in as context instead of being dropped.
+            let note = format!("[Result of your earlier {name} call: {body}]");
+            self.to_model(ModelOut::Context(vec![Turn {
+                role: Role::User,
+                text: note,
+            }]));
+            self.outputs
+                .push_back(Output::Event(CallEvent::ToolResult { id, name, ok }));
+            return;
+        }
+        if self.phase != Phase::Live {
+            self.deferred
+                .push(ModelOut::ToolResponse(vec![FunctionResponse {
+                    id: id.clone(),
+                    name: name.clone(),
+                    response: body,
+                }]));
+            self.outputs
+                .push_back(Output::Event(CallEvent::ToolResult { id, name, ok }));
+            return;
+        }
         self.outputs
             .push_back(Output::ToModel(ModelOut::ToolResponse(vec![
                 FunctionResponse {
@@ -1251,6 +1457,8 @@ impl Call {
             / ulaw.len() as f64;
         if power > VOICE_POWER {
             self.last_activity = now;
+            self.last_voice = Some(now);
+            self.reply_due = true;
             if self
                 .wrap_up
                 .as_ref()
@@ -1291,6 +1499,7 @@ impl Call {
                 heard_ms,
                 sent_ms,
             }));
+        self.tell_what_was_heard(heard_ms);
         self.withdraw_action_on_barge_in();
     }
 
@@ -1438,6 +1647,21 @@ impl Call {
                 self.end(CallEnd::StartTimeout);
                 return;
             }
+            Phase::Connecting | Phase::SettingUp
+                if self
+                    .reconnect
+                    .as_ref()
+                    .is_some_and(|r| r.next_try.is_none()) =>
+            {
+                if let Some(c) = self.connect_requested {
+                    if now >= c + self.settings.setup_timeout {
+                        self.outputs.push_back(Output::CloseModel);
+                        self.reconnect_failed(now, "no setupComplete in time", false);
+                        return;
+                    }
+                }
+            }
+            Phase::Connecting | Phase::SettingUp if self.reconnect.is_some() => {}
             Phase::Connecting | Phase::SettingUp => {
                 if let Some(c) = self.connect_requested {
                     if now >= c + self.settings.setup_timeout {
@@ -1450,6 +1674,10 @@ impl Call {
                 }
             }
             _ => {}
+        }
+        self.check_session(now);
+        if self.phase == Phase::Ended {
+            return;
         }
         if let Some(w) = &self.wrap_up {
             if now >= w.deadline {
@@ -1498,6 +1726,200 @@ impl Call {
         }
     }
 
+    /// Sends to the model now, or after the next `setupComplete` while no session is live.
+    fn to_model(&mut self, m: ModelOut) {
+        if self.phase == Phase::Live {
+            self.outputs.push_back(Output::ToModel(m));
+        } else {
+            self.deferred.push(m);
+        }
+    }
+
+    /// Keeps the turn's transcripts for seeding a fresh session, bounded by `history_chars`.
+    fn remember_turn(&mut self, agent: String) {
+        let caller = std::mem::take(&mut self.caller_text);
+        for (role, text) in [(Role::User, caller), (Role::Model, agent)] {
+            let text = text.trim().to_string();
+            if text.is_empty() {
+                continue;
+            }
+            self.history_len += text.len();
+            self.history.push_back(Turn { role, text });
+        }
+        while self.history_len > self.settings.history_chars {
+            match self.history.pop_front() {
+                Some(t) => self.history_len -= t.text.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// After a barge-in: Gemini believes the caller heard everything it generated. Tell it
+    /// (as context, without making it answer) how much was actually played, from the marks
+    /// and the output transcript.
+    fn tell_what_was_heard(&mut self, heard_ms: u64) {
+        let agent = std::mem::take(&mut self.agent_text);
+        let generated_ms = self.turn_generated / 48; // 24 kHz s16le: 48 bytes per ms
+        self.turn_generated = 0;
+        let agent = agent.trim();
+        if agent.is_empty() || generated_ms == 0 {
+            self.remember_turn(String::new());
+            return;
+        }
+        let fraction = (heard_ms as f64 / generated_ms as f64).clamp(0.0, 1.0);
+        let mut cut = ((agent.len() as f64) * fraction) as usize;
+        while cut < agent.len() && !agent.is_char_boundary(cut) {
+            cut += 1;
+        }
+        // Whole words only.
+        let heard = match agent[..cut].rfind(char::is_whitespace) {
+            Some(i) if cut < agent.len() => agent[..i].trim_end(),
+            _ => agent[..cut].trim_end(),
+        };
+        self.remember_turn(format!("{heard}…"));
+        if !self.settings.tell_model_what_was_heard || fraction >= 0.98 {
+            return;
+        }
+        let note = if heard.is_empty() {
+            "[Note: the caller interrupted you before hearing any of your last answer.]".to_string()
+        } else {
+            format!(
+                "[Note: the caller interrupted you. They heard only this much of your last answer: \
+                 \"{heard}\". They did not hear the rest.]"
+            )
+        };
+        self.to_model(ModelOut::Context(vec![Turn {
+            role: Role::User,
+            text: note,
+        }]));
+    }
+
+    /// goAway handover at a quiet moment, and reconnection timers.
+    fn check_session(&mut self, now: Instant) {
+        if let Some(deadline) = self.go_away_deadline {
+            if self.phase != Phase::Live {
+                return;
+            }
+            let quiet = !self.reply_due
+                && self.generating.is_none()
+                && self.pending.is_empty()
+                && self.queued_until.is_none_or(|q| q <= now)
+                && self.running_tools.is_empty()
+                && self.action.is_none()
+                && self.awaiting.is_none()
+                && self.last_voice.is_none_or(|v| now >= v + QUIET_AFTER_VOICE);
+            if quiet || now >= deadline {
+                if !quiet {
+                    tracing::info!("no quiet moment before the goAway deadline; handing over now");
+                }
+                self.go_away_deadline = None;
+                self.outputs.push_back(Output::CloseModel);
+                self.start_reconnect(now, "go_away", true);
+                return;
+            }
+        }
+        let Some(r) = &mut self.reconnect else { return };
+        if let (Some(after), false) = (self.settings.filler_after, r.filler_played) {
+            if now >= r.since + after {
+                r.filler_played = true;
+                if self.pending.is_empty() && self.queued_until.is_none_or(|q| q <= now) {
+                    let filler = self.settings.filler.clone();
+                    self.enqueue_ulaw_turn(&filler);
+                }
+            }
+        }
+        let Some(r) = &mut self.reconnect else { return };
+        if r.next_try.is_some_and(|t| now >= t) {
+            r.next_try = None;
+            self.open_session(now);
+        }
+    }
+
+    fn open_session(&mut self, now: Instant) {
+        if self.sessions_opened >= self.settings.max_sessions {
+            self.end(CallEnd::ModelLost(format!(
+                "model session cap ({}) reached for this call",
+                self.settings.max_sessions
+            )));
+            return;
+        }
+        self.sessions_opened += 1;
+        self.phase = Phase::Connecting;
+        self.connect_requested = Some(now);
+        self.outputs.push_back(Output::ConnectModel);
+    }
+
+    /// Moves the conversation to a new model connection (the old one is closed or gone).
+    fn start_reconnect(&mut self, now: Instant, reason: &'static str, resume: bool) {
+        self.reconnect = Some(Reconnect {
+            reason,
+            failures: 0,
+            next_try: Some(now),
+            since: now,
+            resume: resume && self.resume_handle.is_some(),
+            filler_played: false,
+        });
+        // The model's turn in flight ended with the connection; play what was generated.
+        self.finish_generation();
+        self.discarding = false;
+        self.phase = Phase::Connecting;
+        self.check_session(now);
+    }
+
+    fn reconnect_failed(&mut self, now: Instant, why: &str, refused: bool) {
+        let max = self.settings.max_reconnects.max(1);
+        let backoff = self.settings.reconnect_backoff;
+        let Some(r) = &mut self.reconnect else { return };
+        r.failures += 1;
+        if refused && r.resume {
+            tracing::warn!(
+                why,
+                "resume refused; starting a fresh session seeded with the transcript"
+            );
+            r.resume = false;
+        } else if r.resume && r.failures >= 2 {
+            // Twice in a row with the handle: it may be expired; try fresh next.
+            r.resume = false;
+        }
+        if r.failures > max {
+            let why = format!("model unreachable after {} attempts: {why}", r.failures);
+            self.reconnect = None;
+            self.end(CallEnd::ModelLost(why));
+            return;
+        }
+        let wait = backoff * 2u32.saturating_pow(r.failures - 1);
+        tracing::warn!(
+            attempt = r.failures,
+            wait_ms = wait.as_millis() as u64,
+            why,
+            "model reconnection failed; retrying"
+        );
+        r.next_try = Some(now + wait);
+        self.phase = Phase::Connecting;
+    }
+
+    /// Queues ready-made μ-law audio (the filler) as its own turn, with marks.
+    fn enqueue_ulaw_turn(&mut self, ulaw: &[u8]) {
+        if ulaw.is_empty() {
+            return;
+        }
+        let id = self.next_turn;
+        self.next_turn += 1;
+        self.pending.extend(ulaw.iter().copied());
+        self.pushed += ulaw.len() as u64;
+        let rem = (self.pushed % FRAME_BYTES as u64) as usize;
+        if rem != 0 {
+            let pad = FRAME_BYTES - rem;
+            self.pending.extend(std::iter::repeat_n(ULAW_SILENCE, pad));
+            self.pushed += pad as u64;
+        }
+        self.turns.push_back(QueuedTurn {
+            id,
+            end: Some(self.pushed),
+            frames_sent: 0,
+        });
+    }
+
     fn start_wrap_up(&mut self, now: Instant, reason: CallEnd, text: String) {
         let why = if reason == CallEnd::MaxDuration {
             "max_duration"
@@ -1507,10 +1929,7 @@ impl Call {
         tracing::info!(reason = why, "asking the agent to wrap up");
         self.outputs
             .push_back(Output::Event(CallEvent::WrapUp { reason: why }));
-        if self.phase == Phase::Live {
-            self.outputs
-                .push_back(Output::ToModel(ModelOut::Text(text)));
-        }
+        self.to_model(ModelOut::Text(text));
         self.wrap_up = Some(WrapUp {
             deadline: now + self.settings.wrap_up_grace,
             reason,

@@ -195,6 +195,12 @@ pub fn event_kinds(notes: &[CallNote]) -> Vec<String> {
             CallEvent::Dtmf(d) => format!("dtmf {d}"),
             CallEvent::GoAway { .. } => "go_away".to_string(),
             CallEvent::Continued { .. } => "continued".to_string(),
+            CallEvent::Reconnected {
+                reason, resumed, ..
+            } => format!(
+                "reconnected {reason} {}",
+                if *resumed { "resumed" } else { "fresh" }
+            ),
             CallEvent::WrapUp { reason } => format!("wrap_up {reason}"),
             CallEvent::Ended(why) => format!("ended {}", why.as_str()),
             CallEvent::CallerTranscript(_)
