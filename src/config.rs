@@ -833,6 +833,15 @@ impl Config {
                 ));
             }
         }
+        // Parameter schemas of operator tools are checked here so a typo stops the bridge
+        // before it binds rather than failing the model's setup on the first call.
+        crate::call::tools::check_schemas(&self.tools.webhooks).map_err(|e| {
+            invalid(
+                &format!("tools.webhooks.{}.{}", e.tool, e.path),
+                &e.tool,
+                &e.reason,
+            )
+        })?;
         for (name, d) in &self.transfer.destinations {
             let key = format!("transfer.destinations.{name}");
             if name.is_empty()

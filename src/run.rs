@@ -32,6 +32,9 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     if config.gemini.api_key.is_empty() {
         tracing::warn!("GEMINI_API_KEY is not set: the model will refuse every session");
     }
+    if !config.tools.webhooks.is_empty() && config.tools.secret.is_empty() {
+        tracing::warn!("CALLBRIDGE_TOOLS_SECRET is not set: webhook tool requests are signed with an empty key");
+    }
     if config.server.public_url.is_empty() {
         tracing::warn!("server.public_url / CALLBRIDGE_PUBLIC_URL is not set: stream URLs are built from the Host header");
     }

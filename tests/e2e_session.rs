@@ -257,3 +257,78 @@ async fn after_a_barge_in_the_model_is_told_what_was_heard() {
     );
     assert!(note.raw.contains("\"turnComplete\":false"));
 }
+
+/// A long conversation compressed by short connection lifetimes: at least 20 handovers, no
+/// caller audio lost or duplicated, and the bridge's per-call state stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_call_with_twenty_handovers_keeps_every_frame() {
+    let mut h = harness(
+        |s| {
+            s.scenario(chat())
+                .lifetime(Duration::from_millis(3_000))
+                .go_away_lead(Duration::from_millis(2_000))
+                .pace(6.0)
+                .response_latency(Duration::from_millis(100))
+        },
+        |c| c.session.history_chars = 2_000,
+    )
+    .await;
+    let bye = caller_clip("caller_bye");
+    let mut script = Script::new().wait_for_agent(400, 15_000);
+    for _ in 0..12 {
+        script = script
+            .say_ulaw("bye", bye.clone())
+            .wait_for_agent(400, 15_000);
+    }
+    let report = h
+        .caller()
+        .max_duration(Duration::from_secs(240))
+        .script(script.hang_up())
+        .spawn()
+        .join()
+        .await
+        .unwrap();
+    let notes = h.notes_until_end(Duration::from_secs(5)).await;
+    let kinds = event_kinds(&notes);
+    let handovers = kinds
+        .iter()
+        .filter(|k| k.starts_with("reconnected"))
+        .count();
+    assert!(handovers >= 20, "{handovers} handovers: {kinds:?}");
+    assert_eq!(report.ended_by, Some(CallEnding::ScriptDone));
+    let waits = report
+        .timeline
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                callbridge::sim::caller::TimelineEvent::WaitTimedOut { .. }
+            )
+        })
+        .count();
+    assert_eq!(waits, 0, "every utterance was answered");
+    let audio = received(&h);
+    let sent = report.media_frames_sent as usize * 320;
+    assert!(
+        audio.len() <= sent && sent - audio.len() <= 32,
+        "lost or duplicated caller audio: sent {sent} samples, received {}",
+        audio.len()
+    );
+    // Each of the 12 utterances arrived once, in order.
+    let reference = pcm("caller_bye.ref16k.wav");
+    let mut from = 0;
+    for i in 0..12 {
+        // Search the next stretch only: the copies are identical, so the first one must be
+        // found before the later ones.
+        let window = &audio[from..(from + reference.len() + 12 * 16_000).min(audio.len())];
+        let (score, lag) = find_in(window, &reference);
+        assert!(score > 0.9, "utterance {i}: {score:.3}");
+        from += lag + reference.len();
+    }
+    assert!(
+        find_in(&audio[from..], &reference).0 < 0.5,
+        "no thirteenth copy"
+    );
+    // The transcript kept for fresh sessions is bounded.
+    assert!(h.state.calls.is_empty());
+}

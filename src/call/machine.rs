@@ -169,17 +169,7 @@ impl CallSettings {
                 behavior: None,
             });
         }
-        for w in &cfg.tools.webhooks {
-            tools.push(FunctionDeclaration {
-                name: w.name.clone(),
-                description: w.description.clone(),
-                parameters: w
-                    .parameters
-                    .as_ref()
-                    .and_then(|t| serde_json::to_value(t).ok()),
-                behavior: None,
-            });
-        }
+        tools.extend(crate::call::tools::declarations(&cfg.tools.webhooks));
         let sensitivity = |v: &str, kind: &str| match v {
             "low" => Some(format!("{kind}_SENSITIVITY_LOW")),
             "high" => Some(format!("{kind}_SENSITIVITY_HIGH")),
@@ -803,6 +793,19 @@ impl Call {
     /// Caller audio dropped from the pre-connect buffer because it was full, in bytes.
     pub fn preconnect_dropped_bytes(&self) -> u64 {
         self.preconnect_dropped
+    }
+
+    /// Characters of transcript kept for seeding a fresh session (bounded by
+    /// `session.history_chars`), and the number of buffered items that grow with a call:
+    /// deferred model messages, pending marks, cleared marks. For footprint checks.
+    pub fn footprint(&self) -> (usize, usize) {
+        (
+            self.history_len,
+            self.deferred.len()
+                + self.marks.len()
+                + self.cleared_marks.len()
+                + self.answered_tools.len(),
+        )
     }
 
     /// Next queued effect, if any.
@@ -2896,5 +2899,39 @@ mod tests {
             drain(&mut call).last(),
             Some(Output::End(CallEnd::SilenceTimeout))
         ));
+    }
+
+    #[test]
+    fn per_call_state_stays_bounded_over_a_long_call() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|c| c.session.history_chars = 1_000), t0);
+        let mut t = t0;
+        for i in 0..500u32 {
+            call.handle_input(
+                Input::Model(ModelEvent::InputTranscription(format!(
+                    "caller says thing {i}"
+                ))),
+                t,
+            );
+            call.handle_input(Input::Model(ModelEvent::Audio(model_audio(60))), t);
+            call.handle_input(
+                Input::Model(ModelEvent::OutputTranscription(format!(
+                    "agent answers {i}"
+                ))),
+                t,
+            );
+            call.handle_input(Input::Model(ModelEvent::GenerationComplete), t);
+            call.handle_input(Input::Model(ModelEvent::TurnComplete), t);
+            let (next, _) = play_out(&mut call, t);
+            t = next;
+            if i % 50 == 0 {
+                call.handle_input(Input::Model(ModelEvent::Interrupted), t);
+                call.handle_input(Input::Model(ModelEvent::TurnComplete), t);
+                drain(&mut call);
+            }
+        }
+        let (history, buffered) = call.footprint();
+        assert!(history <= 1_000, "history {history}");
+        assert!(buffered < 10, "buffered {buffered}");
     }
 }
