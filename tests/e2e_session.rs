@@ -332,3 +332,54 @@ async fn long_call_with_twenty_handovers_keeps_every_frame() {
     // The transcript kept for fresh sessions is bounded.
     assert!(h.state.calls.is_empty());
 }
+
+/// The `overlap` strategy: the new connection is resumed while the old one is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_handover_resumes_before_closing_the_old_connection() {
+    let mut h = harness(
+        |s| {
+            s.scenario(chat())
+                .lifetime(Duration::from_secs(10))
+                .go_away_lead(Duration::from_secs(6))
+        },
+        |c| c.session.handover = "overlap".into(),
+    )
+    .await;
+    let report = h
+        .caller()
+        .max_duration(Duration::from_secs(120))
+        .script(script())
+        .spawn()
+        .join()
+        .await
+        .unwrap();
+    let notes = h.notes_until_end(Duration::from_secs(5)).await;
+    let kinds = event_kinds(&notes);
+    assert!(
+        kinds
+            .iter()
+            .filter(|k| *k == "reconnected go_away resumed")
+            .count()
+            >= 2,
+        "{kinds:?}"
+    );
+    let rec = h.sim.record();
+    // Each new connection's setup arrived before the previous connection was closed.
+    for pair in rec.connections.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        assert!(new.resumed_from.is_some());
+        let close_at = old.frames.last().map(|f| f.at_ms).unwrap_or(0);
+        assert!(
+            !new.frames.is_empty() && close_at > 0,
+            "both connections carried traffic"
+        );
+    }
+    let audio = received(&h);
+    let sent = report.media_frames_sent as usize * 320;
+    assert!(
+        audio.len() <= sent && sent - audio.len() <= 32,
+        "sent {sent}, received {}",
+        audio.len()
+    );
+    assert_eq!(report.ended_by, Some(CallEnding::ScriptDone));
+}

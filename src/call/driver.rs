@@ -158,6 +158,9 @@ where
         std::collections::HashMap::new();
     let mut model: Option<ModelSocket> = None;
     let mut connecting: Option<ConnectFuture> = None;
+    // Overlapping handover: the next model socket, opened while `model` is still live.
+    let mut standby: Option<ModelSocket> = None;
+    let mut standby_connecting: Option<ConnectFuture> = None;
     let mut shutdown_seen = false;
     let mut warned_binary = false;
 
@@ -214,6 +217,34 @@ where
                     }
                     connecting = None;
                 }
+                Output::ConnectStandby => {
+                    let url = ctx.gemini_url.clone();
+                    let cred = ctx.credential.clone();
+                    let timeout = ctx.connect_timeout;
+                    standby_connecting = Some(Box::pin(async move {
+                        connect::connect(&url, &cred, timeout).await
+                    }));
+                }
+                Output::ToStandby(cmd) => {
+                    let Some(sock) = standby.as_mut() else {
+                        continue;
+                    };
+                    if let Err(e) = sock.send(ModelMessage::Text(model_json(&cmd).into())).await {
+                        standby = None;
+                        call.handle_input(Input::StandbyFailed(e.to_string()), Instant::now());
+                    }
+                }
+                Output::PromoteStandby => {
+                    if let Some(new) = standby.take() {
+                        if let Some(mut old) = model.replace(new) {
+                            tokio::spawn(async move {
+                                let _ =
+                                    tokio::time::timeout(Duration::from_secs(2), old.close(None))
+                                        .await;
+                            });
+                        }
+                    }
+                }
                 Output::ConnectModel => {
                     let url = ctx.gemini_url.clone();
                     let cred = ctx.credential.clone();
@@ -251,6 +282,9 @@ where
                     }
                     for (_, h) in running.drain() {
                         h.abort();
+                    }
+                    if let Some(mut s) = standby.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), s.close(None)).await;
                     }
                     return Some(finish(caller, model, why).await);
                 }
@@ -326,7 +360,33 @@ where
                     }
                 }
             }
-                        msg = caller.next() => caller_input(msg, &mut warned_binary),
+                                    res = async { standby_connecting.as_mut().expect("guarded").await }, if standby_connecting.is_some() => {
+                standby_connecting = None;
+                match res {
+                    Ok(sock) => {
+                        standby = Some(sock);
+                        vec![Input::StandbyConnected]
+                    }
+                    Err(e) => vec![Input::StandbyFailed(e.to_string())],
+                }
+            }
+            msg = async { standby.as_mut().expect("guarded").next().await }, if standby.is_some() => {
+                match model_input(msg) {
+                    ModelRead::Events(evs) => evs
+                        .into_iter()
+                        .map(|i| match i {
+                            Input::Model(ev) => Input::Standby(ev),
+                            other => other,
+                        })
+                        .collect(),
+                    ModelRead::Nothing => Vec::new(),
+                    ModelRead::Closed { code, reason } => {
+                        standby = None;
+                        vec![Input::StandbyFailed(format!("closed: code {code} {reason:?}"))]
+                    }
+                }
+            }
+            msg = caller.next() => caller_input(msg, &mut warned_binary),
             Some((id, result)) = tool_rx.recv() => {
                 running.remove(&id);
                 vec![Input::ToolDone { id, result }]

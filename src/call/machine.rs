@@ -84,6 +84,8 @@ pub struct CallSettings {
     pub history_chars: usize,
     /// Most model sessions per call.
     pub max_sessions: u32,
+    /// goAway handover opens the new connection before closing the old one.
+    pub handover_overlap: bool,
 }
 
 /// "One moment, please." — played while a lost model connection is recovered.
@@ -237,6 +239,7 @@ impl CallSettings {
             filler: bundled_filler(),
             history_chars: cfg.session.history_chars,
             max_sessions: cfg.session.max_sessions_per_call,
+            handover_overlap: cfg.session.handover == "overlap",
         }
     }
 }
@@ -277,6 +280,13 @@ pub enum Input {
     },
     /// A continued stream (after `send_dtmf`) took over this parked call.
     Resumed(StreamStart),
+    /// The standby model socket (overlapping handover) is open.
+    StandbyConnected,
+    /// One event from the standby model socket.
+    Standby(ModelEvent),
+    /// The standby socket closed or could not be opened (e.g. the server refused a resume
+    /// while the old socket is open).
+    StandbyFailed(String),
     /// A timer fired (the driver slept until [`Call::poll_timeout`]).
     Tick,
     /// The bridge is shutting down.
@@ -295,6 +305,13 @@ pub enum Output {
     ConnectModel,
     /// Close the current model WebSocket (handover); feed nothing back for it.
     CloseModel,
+    /// Open a second model WebSocket while the current one stays open (overlapping handover);
+    /// feed [`Input::StandbyConnected`] / [`Input::Standby`] / [`Input::StandbyFailed`].
+    ConnectStandby,
+    /// Send to the standby socket.
+    ToStandby(ModelOut),
+    /// Make the standby socket the model socket and close the old one.
+    PromoteStandby,
     /// An effect on the call through the telephony provider's API.
     Control(CallAction),
     /// Something worth recording on the call's timeline.
@@ -692,6 +709,8 @@ pub struct Call {
     go_away_deadline: Option<Instant>,
     /// A replacement model connection is being opened.
     reconnect: Option<Reconnect>,
+    /// Overlapping handover in progress: since when (caller audio is held meanwhile).
+    standby: Option<Instant>,
     /// Model sessions opened for this call.
     sessions_opened: u32,
     /// Tool call ids issued by the current model session.
@@ -754,6 +773,7 @@ impl Call {
             reply_due: false,
             go_away_deadline: None,
             reconnect: None,
+            standby: None,
             sessions_opened: 0,
             session_tools: HashSet::new(),
             deferred: Vec::new(),
@@ -839,6 +859,7 @@ impl Call {
         consider(self.action.as_ref().map(|h| h.deadline));
         consider(self.wrap_up.as_ref().map(|w| w.deadline));
         consider(self.go_away_deadline);
+        consider(self.standby.map(|s| s + self.settings.setup_timeout));
         if self.go_away_deadline.is_some() {
             // Re-check for a quiet moment as playback drains.
             consider(self.queued_until);
@@ -906,6 +927,10 @@ impl Call {
                     // The replacement failed before setupComplete; 1007/1008 on a resume
                     // means the handle was refused.
                     self.reconnect_failed(now, &why, matches!(code, 1007 | 1008));
+                } else if self.phase == Phase::Live && self.standby.is_some() {
+                    // The old connection ended during an overlapping handover: the standby
+                    // will take over (or fail into a reconnect).
+                    tracing::info!(code, "old model connection ended during the handover");
                 } else if self.phase == Phase::Live && self.settings.max_reconnects > 0 {
                     tracing::warn!(code, reason = %reason, "model connection lost; recovering");
                     self.start_reconnect(now, "fault", true);
@@ -926,6 +951,57 @@ impl Call {
                 }
             }
             Input::Resumed(start) => self.on_resumed(start, now),
+            Input::StandbyConnected => {
+                if self.standby.is_some() {
+                    let mut setup = self.settings.setup.clone();
+                    setup.resume_handle = self.resume_handle.clone();
+                    self.outputs
+                        .push_back(Output::ToStandby(ModelOut::Setup(Box::new(setup))));
+                }
+            }
+            Input::Standby(ModelEvent::SetupComplete) => {
+                if let Some(since) = self.standby.take() {
+                    self.outputs.push_back(Output::PromoteStandby);
+                    self.session_tools.clear();
+                    let gap_ms = now.saturating_duration_since(since).as_millis() as u64;
+                    tracing::info!(
+                        gap_ms,
+                        "model session continued on a new connection (overlap)"
+                    );
+                    self.outputs
+                        .push_back(Output::Event(CallEvent::Reconnected {
+                            reason: "go_away",
+                            resumed: true,
+                            gap_ms,
+                        }));
+                    self.flush_preconnect();
+                }
+            }
+            Input::Standby(ModelEvent::SessionResumptionUpdate {
+                new_handle,
+                resumable,
+            }) => {
+                if resumable {
+                    if let Some(h) = new_handle.filter(|h| !h.is_empty()) {
+                        self.resume_handle = Some(h);
+                    }
+                }
+            }
+            Input::Standby(ev) => {
+                tracing::debug!(?ev, "standby event before setupComplete ignored")
+            }
+            Input::StandbyFailed(why) => {
+                if self.standby.take().is_some() {
+                    tracing::warn!(
+                        why,
+                        "overlapping resume refused; closing the old connection first"
+                    );
+                    if self.phase == Phase::Live {
+                        self.outputs.push_back(Output::CloseModel);
+                    }
+                    self.start_reconnect(now, "go_away", true);
+                }
+            }
             Input::Tick => {}
             Input::Shutdown => self.end(CallEnd::Shutdown),
         }
@@ -975,6 +1051,18 @@ impl Call {
                         self.preconnect_dropped += frame.payload.len() as u64;
                         return;
                     }
+                    for &b in &frame.payload {
+                        if self.preconnect.len() >= cap {
+                            self.preconnect.pop_front();
+                            self.preconnect_dropped += 1;
+                        }
+                        self.preconnect.push_back(b);
+                    }
+                }
+                Phase::Live if self.standby.is_some() => {
+                    // Overlapping handover: hold caller audio for the new session.
+                    self.note_caller_voice(&frame.payload, now);
+                    let cap = self.settings.preconnect_frames.max(1) * FRAME_BYTES;
                     for &b in &frame.payload {
                         if self.preconnect.len() >= cap {
                             self.preconnect.pop_front();
@@ -1309,7 +1397,7 @@ impl Call {
             // Issued by an earlier model session (before a handover): the new session does
             // not know the id, so the result goes in as context instead of being dropped.
             let note = format!("[Result of your earlier {name} call: {body}]");
-            self.to_model(ModelOut::Context(vec![Turn {
+            self.send_to_model(ModelOut::Context(vec![Turn {
                 role: Role::User,
                 text: note,
             }]));
@@ -1730,7 +1818,7 @@ impl Call {
     }
 
     /// Sends to the model now, or after the next `setupComplete` while no session is live.
-    fn to_model(&mut self, m: ModelOut) {
+    fn send_to_model(&mut self, m: ModelOut) {
         if self.phase == Phase::Live {
             self.outputs.push_back(Output::ToModel(m));
         } else {
@@ -1791,7 +1879,7 @@ impl Call {
                  \"{heard}\". They did not hear the rest.]"
             )
         };
-        self.to_model(ModelOut::Context(vec![Turn {
+        self.send_to_model(ModelOut::Context(vec![Turn {
             role: Role::User,
             text: note,
         }]));
@@ -1799,6 +1887,15 @@ impl Call {
 
     /// goAway handover at a quiet moment, and reconnection timers.
     fn check_session(&mut self, now: Instant) {
+        if let Some(since) = self.standby {
+            if now >= since + self.settings.setup_timeout {
+                self.standby = None;
+                tracing::warn!("standby connection not ready in time; closing the old one first");
+                self.outputs.push_back(Output::CloseModel);
+                self.start_reconnect(now, "go_away", true);
+                return;
+            }
+        }
         if let Some(deadline) = self.go_away_deadline {
             if self.phase != Phase::Live {
                 return;
@@ -1816,8 +1913,21 @@ impl Call {
                     tracing::info!("no quiet moment before the goAway deadline; handing over now");
                 }
                 self.go_away_deadline = None;
-                self.outputs.push_back(Output::CloseModel);
-                self.start_reconnect(now, "go_away", true);
+                if self.settings.handover_overlap && self.resume_handle.is_some() {
+                    if self.sessions_opened >= self.settings.max_sessions {
+                        self.end(CallEnd::ModelLost(
+                            "model session cap reached for this call".into(),
+                        ));
+                        return;
+                    }
+                    self.sessions_opened += 1;
+                    self.standby = Some(now);
+                    self.finish_generation();
+                    self.outputs.push_back(Output::ConnectStandby);
+                } else {
+                    self.outputs.push_back(Output::CloseModel);
+                    self.start_reconnect(now, "go_away", true);
+                }
                 return;
             }
         }
@@ -1932,7 +2042,7 @@ impl Call {
         tracing::info!(reason = why, "asking the agent to wrap up");
         self.outputs
             .push_back(Output::Event(CallEvent::WrapUp { reason: why }));
-        self.to_model(ModelOut::Text(text));
+        self.send_to_model(ModelOut::Text(text));
         self.wrap_up = Some(WrapUp {
             deadline: now + self.settings.wrap_up_grace,
             reason,
@@ -2933,5 +3043,73 @@ mod tests {
         let (history, buffered) = call.footprint();
         assert!(history <= 1_000, "history {history}");
         assert!(buffered < 10, "buffered {buffered}");
+    }
+
+    #[test]
+    fn overlap_handover_falls_back_to_close_first_when_refused() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|c| c.session.handover = "overlap".into()), t0);
+        call.handle_input(
+            Input::Model(ModelEvent::SessionResumptionUpdate {
+                new_handle: Some("h1".into()),
+                resumable: true,
+            }),
+            t0,
+        );
+        call.handle_input(
+            Input::Model(ModelEvent::GoAway {
+                time_left: Some(Duration::from_secs(50)),
+            }),
+            t0,
+        );
+        let outs = drain(&mut call);
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::ConnectStandby)),
+            "quiet: handover at once"
+        );
+        // Caller audio during the overlap is held, not sent to the old session.
+        call.handle_input(Input::Caller(media(5)), t0);
+        assert!(!drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::ToModel(ModelOut::Audio(_)))));
+        call.handle_input(Input::StandbyConnected, t0);
+        let outs = drain(&mut call);
+        assert!(
+            matches!(&outs[0], Output::ToStandby(ModelOut::Setup(p)) if p.resume_handle.as_deref() == Some("h1"))
+        );
+        // The server refuses a resume while the old socket is open: close first, then resume.
+        call.handle_input(Input::StandbyFailed("closed: code 1007".into()), t0);
+        let outs = drain(&mut call);
+        assert!(matches!(outs[0], Output::CloseModel), "{outs:?}");
+        assert!(outs.iter().any(|o| matches!(o, Output::ConnectModel)));
+        call.handle_input(Input::ModelConnected, t0);
+        let outs = drain(&mut call);
+        assert!(
+            matches!(&outs[0], Output::ToModel(ModelOut::Setup(p)) if p.resume_handle.as_deref() == Some("h1"))
+        );
+        call.handle_input(
+            Input::Model(ModelEvent::SetupComplete),
+            t0 + Duration::from_millis(40),
+        );
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Event(CallEvent::Reconnected {
+                reason: "go_away",
+                resumed: true,
+                ..
+            })
+        )));
+        let audio: usize = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ToModel(ModelOut::Audio(a)) => Some(a.len()),
+                _ => None,
+            })
+            .sum();
+        assert!(
+            audio >= 600,
+            "held caller audio delivered to the new session: {audio}"
+        );
     }
 }
