@@ -295,12 +295,25 @@ pub struct TwilioConfig {
     /// API key SID (`SK…`) to use for REST instead of the account SID + auth token; its
     /// secret comes from env `TWILIO_API_SECRET`. Env `TWILIO_API_KEY`.
     pub api_key_sid: String,
+    /// Check `X-Twilio-Signature` on the voice webhook and the media WebSocket upgrade, and
+    /// require the webhook's single-use stream token on every new media stream. Turning it off
+    /// must be explicit and is logged as a warning at start-up.
+    pub validate_signatures: bool,
+    /// Lifetime of the stream token the voice webhook issues, seconds.
+    pub stream_token_ttl_secs: u64,
+    /// Webhooks SharedKey SID (`KS…`) Twilio may sign with instead of the auth token (header
+    /// `X-Twilio-Webhooks-Signature-Settings`); its secret comes from env
+    /// `TWILIO_SHARED_KEY_SECRET`. Env `TWILIO_SHARED_KEY_SID`.
+    pub shared_key_sid: String,
     /// Auth token, from env `TWILIO_AUTH_TOKEN` only.
     #[serde(skip)]
     pub auth_token: Secret,
     /// API key secret, from env `TWILIO_API_SECRET` only.
     #[serde(skip)]
     pub api_secret: Secret,
+    /// SharedKey secret, from env `TWILIO_SHARED_KEY_SECRET` only.
+    #[serde(skip)]
+    pub shared_key_secret: Secret,
 }
 
 impl Default for TwilioConfig {
@@ -311,8 +324,12 @@ impl Default for TwilioConfig {
             fallback_twiml: "<Say>Sorry, our assistant is unavailable right now. Please call again later.</Say><Hangup/>"
                 .into(),
             api_key_sid: String::new(),
+            validate_signatures: true,
+            stream_token_ttl_secs: 60,
+            shared_key_sid: String::new(),
             auth_token: Secret::default(),
             api_secret: Secret::default(),
+            shared_key_secret: Secret::default(),
         }
     }
 }
@@ -524,6 +541,12 @@ impl Config {
         if let Some(v) = get("TWILIO_API_SECRET") {
             self.twilio.api_secret = Secret::new(v);
         }
+        if let Some(v) = get("TWILIO_SHARED_KEY_SID") {
+            self.twilio.shared_key_sid = v;
+        }
+        if let Some(v) = get("TWILIO_SHARED_KEY_SECRET") {
+            self.twilio.shared_key_secret = Secret::new(v);
+        }
         if let Some(v) = get("CALLBRIDGE_TOOLS_SECRET") {
             self.tools.secret = Secret::new(v);
         }
@@ -658,6 +681,30 @@ impl Config {
         if !t.fallback_twiml.is_empty() {
             crate::twilio::webhook::validate_fallback_fragment(&t.fallback_twiml)
                 .map_err(|reason| invalid("twilio.fallback_twiml", &t.fallback_twiml, &reason))?;
+        }
+        if t.stream_token_ttl_secs == 0 || t.stream_token_ttl_secs > 3_600 {
+            return Err(invalid(
+                "twilio.stream_token_ttl_secs",
+                t.stream_token_ttl_secs,
+                "expected 1..=3600",
+            ));
+        }
+        if !t.shared_key_sid.is_empty()
+            && (t.shared_key_sid.len() > 64
+                || !t.shared_key_sid.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(invalid(
+                "twilio.shared_key_sid",
+                &t.shared_key_sid,
+                "expected a key SID such as KS followed by 32 hex digits",
+            ));
+        }
+        if t.shared_key_sid.is_empty() != t.shared_key_secret.is_empty() {
+            return Err(invalid(
+                "twilio.shared_key_sid",
+                &t.shared_key_sid,
+                "TWILIO_SHARED_KEY_SID (or twilio.shared_key_sid) and TWILIO_SHARED_KEY_SECRET must be set together",
+            ));
         }
         let p = &self.playout;
         if p.lead_ms < 20 || p.lead_ms > 5_000 || !p.lead_ms.is_multiple_of(20) {

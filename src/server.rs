@@ -2,18 +2,23 @@
 //! WebSocket), `GET /healthz`.
 //!
 //! Owns the shared [`AppState`] (configuration, the registry of live calls, the call tasks) and
-//! the listener. Each media WebSocket becomes one task running [`call::driver::run_call`]; the
-//! tasks are tracked so shutdown can wait for them (axum's graceful shutdown does not wait for
-//! upgraded WebSockets).
+//! the listener, and authenticates Twilio before anything costs money: `X-Twilio-Signature` on
+//! the webhook and on the upgrade (403 otherwise), and the webhook's single-use stream token,
+//! checked through the call driver's stream guard before any model session opens.
+//!
+//! Each media WebSocket becomes one task running [`call::driver::run_call`]; the tasks are
+//! tracked so shutdown can wait for them (axum's graceful shutdown does not wait for upgraded
+//! WebSockets).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -28,6 +33,7 @@ use crate::call::machine::CallSettings;
 use crate::call::tools::{HttpToolExecutor, ToolExecutor};
 use crate::config::Config;
 use crate::gemini::connect::Credential;
+use crate::twilio::signature::{self, SharedKey, SignedRequest, StreamTokens, Verifier};
 use crate::twilio::webhook;
 
 /// A call in progress, as listed in the registry.
@@ -62,6 +68,10 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled when the bridge shuts down.
     pub shutdown: CancellationToken,
+    /// Checks `X-Twilio-Signature` (auth token, optional shared key).
+    pub verifier: Verifier,
+    /// Single-use stream tokens issued by the voice webhook, by CallSid.
+    pub stream_tokens: Arc<StreamTokens>,
 }
 
 impl AppState {
@@ -87,6 +97,26 @@ impl AppState {
         let tools: Option<Arc<dyn ToolExecutor>> = (!config.tools.webhooks.is_empty()).then(|| {
             Arc::new(HttpToolExecutor::new(config.tools.secret.clone())) as Arc<dyn ToolExecutor>
         });
+        let t = &config.twilio;
+        let shared_key = (!t.shared_key_sid.is_empty()).then(|| SharedKey {
+            sid: t.shared_key_sid.clone(),
+            secret: t.shared_key_secret.clone(),
+        });
+        let verifier = Verifier::new(t.auth_token.clone(), shared_key);
+        if !t.validate_signatures {
+            tracing::warn!(
+                "twilio.validate_signatures is false: X-Twilio-Signature and stream tokens are \
+                 NOT checked; anyone who can reach this bridge can place calls on your model bill"
+            );
+        } else if !verifier.has_key() {
+            tracing::error!(
+                "twilio.validate_signatures is true but TWILIO_AUTH_TOKEN is not set (nor a \
+                 shared key): every webhook and media stream will be refused with 403"
+            );
+        }
+        let stream_tokens = Arc::new(StreamTokens::new(Duration::from_secs(
+            t.stream_token_ttl_secs,
+        )));
         Arc::new(AppState {
             config: Arc::new(config),
             settings,
@@ -100,6 +130,8 @@ impl AppState {
             tools,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            verifier,
+            stream_tokens,
         })
     }
 }
@@ -146,14 +178,23 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 /// `POST /twilio/voice`: answers with `<Connect><Stream>` to our media endpoint.
 async fn voice_webhook(
     State(state): State<Arc<AppState>>,
+    uri: Uri,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let form = match webhook::parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, "voice webhook with a malformed form body");
-            return (StatusCode::BAD_REQUEST, "malformed form body\n").into_response();
+    // Twilio signs JSON bodies over the URL alone, with `bodySHA256` in its query string.
+    let json_body = uri.query().is_some_and(|q| {
+        signature::query_value(&format!("?{q}"), signature::BODY_SHA256_PARAM).is_some()
+    });
+    let form = if json_body {
+        json_fields(&body)
+    } else {
+        match webhook::parse_form(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "voice webhook with a malformed form body");
+                return (StatusCode::BAD_REQUEST, "malformed form body\n").into_response();
+            }
         }
     };
     let field = |name: &str| {
@@ -165,6 +206,14 @@ async fn voice_webhook(
     let call_sid = field("CallSid");
     let span = tracing::info_span!("webhook", call_sid = %call_sid);
     let _enter = span.enter();
+    if state.config.twilio.validate_signatures {
+        let urls = webhook_urls(&state.config, &uri, &headers);
+        let signed_params: &[(String, String)] = if json_body { &[] } else { &form };
+        if let Err(why) = check_signature(&state, &urls, signed_params, &headers, body.as_bytes()) {
+            tracing::warn!(reason = %why, "voice webhook refused: bad signature");
+            return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+        }
+    }
     let stream_url = match state.config.stream_url() {
         Some(u) => u,
         None => match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
@@ -187,6 +236,12 @@ async fn voice_webhook(
         if !v.is_empty() {
             params.push((name.to_string(), v));
         }
+    }
+    if state.config.twilio.validate_signatures {
+        params.push((
+            signature::STREAM_TOKEN_PARAM.to_string(),
+            state.stream_tokens.issue(&call_sid),
+        ));
     }
     let fallback = &state.config.twilio.fallback_twiml;
     let twiml = webhook::connect_stream_twiml(&webhook::StreamTwiml {
@@ -215,7 +270,25 @@ async fn whisper(
 }
 
 /// `GET /twilio/media`: the Media Streams WebSocket; one call per connection.
-async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+async fn media_stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // Authenticate before anything else, and before the upgrade: Twilio signs the wss:// URL
+    // it was given in TwiML, with no params (§1.2).
+    let validate = state.config.twilio.validate_signatures;
+    if validate {
+        let url = media_url(&state.config, &headers);
+        if let Err(why) = check_signature(&state, std::slice::from_ref(&url), &[], &headers, b"") {
+            tracing::warn!(reason = %why, "media stream refused before the upgrade: bad signature");
+            return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+        }
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
@@ -253,6 +326,7 @@ async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) 
                 tools: state.tools.clone(),
                 tool_configs: Arc::new(state.config.tools.webhooks.clone()),
                 shutdown: state.shutdown.clone(),
+                stream_guard: validate.then(|| stream_guard(state.stream_tokens.clone())),
             };
             let span = tracing::info_span!(
                 "call",
@@ -286,4 +360,101 @@ async fn media_stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) 
             let _ = task.await;
             state.calls.remove(&conn);
         })
+}
+
+/// The guard a new (non-continuation) stream must pass: its `start` carries an unused,
+/// unexpired stream token issued by the voice webhook for the same CallSid.
+fn stream_guard(
+    tokens: Arc<StreamTokens>,
+) -> Arc<dyn Fn(&crate::twilio::wire::StreamStart) -> bool + Send + Sync> {
+    Arc::new(move |start| {
+        let token = start
+            .custom_parameters
+            .get(signature::STREAM_TOKEN_PARAM)
+            .map(String::as_str);
+        match tokens.redeem(&start.call_sid, token) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(reason = %why, call_sid = %start.call_sid, "media stream refused: stream token");
+                false
+            }
+        }
+    })
+}
+
+/// The URLs Twilio may have signed the voice webhook over: `{server.public_url}/twilio/voice`
+/// plus the request's query string. Without a public URL (local testing only) the `Host`
+/// header is used, with both schemes.
+fn webhook_urls(config: &Config, uri: &Uri, headers: &HeaderMap) -> Vec<String> {
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let public = config.server.public_url.trim_end_matches('/');
+    if !public.is_empty() {
+        return vec![format!("{public}/twilio/voice{query}")];
+    }
+    let host = host_header(headers);
+    ["https", "http"]
+        .iter()
+        .map(|scheme| format!("{scheme}://{host}/twilio/voice{query}"))
+        .collect()
+}
+
+/// The URL Twilio signed the media upgrade over: the `wss://` stream URL we put in TwiML,
+/// rebuilt from configuration (a TLS-terminating proxy shows us http/https and maybe another
+/// host), never from the request unless no public URL is configured.
+fn media_url(config: &Config, headers: &HeaderMap) -> String {
+    config
+        .stream_url()
+        .unwrap_or_else(|| format!("wss://{}/twilio/media", host_header(headers)))
+}
+
+fn host_header(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Verifies `X-Twilio-Signature` against any of `urls`; the error is the reason for the first
+/// URL (never a key).
+fn check_signature(
+    state: &AppState,
+    urls: &[String],
+    params: &[(String, String)],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), signature::Rejection> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut first = None;
+    for url in urls {
+        let req = SignedRequest {
+            url,
+            params,
+            signature: header(signature::SIGNATURE_HEADER),
+            settings: header(signature::SETTINGS_HEADER),
+            body,
+        };
+        match state.verifier.verify(&req) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    Err(first.unwrap_or(signature::Rejection::MissingSignature))
+}
+
+/// Top-level string (or scalar) fields of a JSON object body, as webhook fields.
+fn json_fields(body: &str) -> Vec<(String, String)> {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                serde_json::Value::Number(n) => Some((k, n.to_string())),
+                serde_json::Value::Bool(b) => Some((k, b.to_string())),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }

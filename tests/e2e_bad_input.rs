@@ -193,13 +193,18 @@ struct RawCaller {
     reader: tokio::task::JoinHandle<()>,
     stream_sid: String,
     call_sid: String,
+    /// The stream token the webhook issued for `call_sid`.
+    token: String,
     seq: u64,
     chunk: u64,
 }
 
 impl RawCaller {
-    async fn connect(url: &str) -> RawCaller {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+    /// A signed upgrade with a stream token from a signed webhook, as Twilio would connect.
+    async fn connect(h: &Harness) -> RawCaller {
+        let call_sid = sid("CA");
+        let (request, token) = h.raw_stream(&call_sid).await;
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("media websocket upgrade");
         let (tx, mut rx) = ws.split();
@@ -229,7 +234,8 @@ impl RawCaller {
             ended,
             reader,
             stream_sid: sid("MZ"),
-            call_sid: sid("CA"),
+            call_sid,
+            token,
             seq: 0,
             chunk: 0,
         }
@@ -265,7 +271,7 @@ impl RawCaller {
                 "callSid": self.call_sid,
                 "tracks": ["inbound"],
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                "customParameters": {}
+                "customParameters": {"token": self.token}
             },
             "streamSid": self.stream_sid,
         });
@@ -369,7 +375,7 @@ async fn caller_leg_garbage_is_logged_and_skipped_and_the_call_goes_on() {
         )
         .spawn();
 
-    let mut raw = RawCaller::connect(&h.media_url()).await;
+    let mut raw = RawCaller::connect(&h).await;
     let silence = [0xFFu8; 160];
     raw.connected().await;
     // Media before `start`: valid, but there is no stream yet.
@@ -558,7 +564,7 @@ async fn oversized_caller_frame_ends_only_that_connection() {
         .script(script())
         .spawn();
 
-    let mut raw = RawCaller::connect(&h.media_url()).await;
+    let mut raw = RawCaller::connect(&h).await;
     raw.connected().await;
     raw.start().await;
     raw.media(&[0xFF; 160]).await;

@@ -132,6 +132,10 @@ pub struct CallContext {
     pub tool_configs: Arc<Vec<WebhookToolConfig>>,
     /// Fires when the bridge shuts down.
     pub shutdown: CancellationToken,
+    /// Checked on the first `start` of a stream that is not a continuation (the webhook's
+    /// single-use stream token); `false` closes the stream before any model session opens.
+    #[allow(clippy::type_complexity)]
+    pub stream_guard: Option<Arc<dyn Fn(&twire::StreamStart) -> bool + Send + Sync>>,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<ModelSocket, ConnectError>> + Send>>;
@@ -414,6 +418,23 @@ where
                             "unknown or expired continuation; starting a fresh session"
                         ),
                     }
+                }
+            }
+            if let (Input::Caller(CallerEvent::Start(start)), Some(guard)) = (&i, &ctx.stream_guard)
+            {
+                if call.stream().is_none() && !guard(start) {
+                    tracing::warn!("stream token missing, reused or expired; stream closed before any model session");
+                    let frame = CloseFrame {
+                        code: 1008,
+                        reason: "stream token missing, reused or expired".into(),
+                    };
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        caller.send(Message::Close(Some(frame))),
+                    )
+                    .await;
+                    call.handle_input(Input::CallerClosed, now);
+                    break;
                 }
             }
             call.handle_input(i, now);

@@ -3,15 +3,13 @@
 //!
 //! Owns: writing `<Connect><Stream>` TwiML in the same shape as twilio-python 9.13.0,
 //! XML escaping, a plausibility check for operator-configured fallback TwiML, decoding
-//! `application/x-www-form-urlencoded` bodies, and computing/validating Twilio request
-//! signatures (HMAC-SHA1 over URL + sorted params, §2.3).
+//! `application/x-www-form-urlencoded` bodies. Request signatures live in
+//! [`super::signature`]; `compute_signature` / `validate_signature` are re-exported here.
 //!
 //! Does not own: HTTP routing or deciding whether to accept a call (`server`), the Media
 //! Streams messages (`twilio::wire`), or REST call control.
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
+pub use super::signature::{compute_signature, validate_signature};
 
 /// What goes into the `<Connect><Stream>` document.
 #[derive(Debug, Clone, Copy)]
@@ -393,76 +391,6 @@ fn form_decode(s: &str, base: usize) -> Result<String, FormError> {
     String::from_utf8(out).map_err(|_| FormError::NotUtf8 { field: excerpt(s) })
 }
 
-/// `X-Twilio-Signature` for a request (§2.3): base64(HMAC-SHA1(auth token, URL + for each
-/// param name in byte order, for each of its values sorted: name + value)). `params` are the
-/// *decoded* form fields; pass none for GETs and WebSocket upgrades (sign the `wss://` URL).
-pub fn compute_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    let mut pairs: Vec<(&str, &str)> = params
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    pairs.sort_unstable();
-    // twilio-python signs each distinct (name, value) pair once.
-    pairs.dedup();
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(auth_token.as_bytes())
-        .expect("hmac accepts keys of any length");
-    mac.update(url.as_bytes());
-    for (name, value) in pairs {
-        mac.update(name.as_bytes());
-        mac.update(value.as_bytes());
-    }
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// Check an `X-Twilio-Signature` in constant time. Like Twilio's own validators it accepts a
-/// signature computed with or without an explicit default port (`:443` for https/wss, `:80`
-/// for http/ws), because Twilio itself is inconsistent about it.
-pub fn validate_signature(
-    auth_token: &str,
-    url: &str,
-    params: &[(String, String)],
-    signature: &str,
-) -> bool {
-    let mut ok = false;
-    for candidate in url_port_variants(url) {
-        let expected = compute_signature(auth_token, &candidate, params);
-        ok |= constant_time_eq(expected.as_bytes(), signature.as_bytes());
-    }
-    ok
-}
-
-/// The URL as given plus the same URL with its default port toggled (added or removed).
-fn url_port_variants(url: &str) -> Vec<String> {
-    let mut out = vec![url.to_string()];
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return out;
-    };
-    let port = match scheme.to_ascii_lowercase().as_str() {
-        "https" | "wss" => "443",
-        "http" | "ws" => "80",
-        _ => return out,
-    };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(auth_end);
-    let host_end = authority
-        .rfind(':')
-        .filter(|&c| !authority[c..].contains(']'));
-    let toggled = match host_end {
-        Some(c) if &authority[c + 1..] == port => authority[..c].to_string(),
-        Some(_) => return out,
-        None => format!("{authority}:{port}"),
-    };
-    out.push(format!("{scheme}://{toggled}{tail}"));
-    out
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,115 +538,5 @@ mod tests {
             parse_form("a=%ff%fe"),
             Err(FormError::NotUtf8 { .. })
         ));
-    }
-
-    // Vectors from shared/specs/twilio-signature-vectors.json (twilio-python 9.13.0).
-    #[test]
-    fn signature_vectors() {
-        assert_eq!(
-            compute_signature(
-                "12345",
-                "https://mycompany.com/myapp.php?foo=1&bar=2",
-                &pairs(&[
-                    ("CallSid", "CA1234567890ABCDE"),
-                    ("Digits", "1234"),
-                    ("From", "+14158675309"),
-                    ("To", "+18005551212"),
-                    ("Caller", "+14158675309"),
-                ])
-            ),
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        );
-        assert_eq!(
-            compute_signature(
-                "9f4c2a7e1b3d5f60718293a4b5c6d7e8",
-                "wss://bridge.example.com/twilio/media",
-                &[]
-            ),
-            "XIza+A9LrYq4Excvu2Bv3Rmc6RE="
-        );
-        assert_eq!(
-            compute_signature(
-                "12345",
-                "https://mycompany.com/myapp.php?foo=1&bar=2",
-                &pairs(&[
-                    ("Sid", "CA123"),
-                    ("SidAccount", "AC123"),
-                    ("Digits", "5678"),
-                    ("Digits", "1234")
-                ])
-            ),
-            "IK+Dwps556ElfBT0I3Rgjkr1wJU="
-        );
-        let body = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&CallSid=CAfedcba9876543210fedcba9876543210&CallStatus=ringing&CallToken=opaque-call-token-value&Called=%2B15005550006&CalledCity=&CalledCountry=US&CalledState=CA&CalledZip=&Caller=%2B14155550123&CallerCity=SAN+FRANCISCO&CallerCountry=US&CallerState=CA&CallerZip=94103&Direction=inbound&From=%2B14155550123&FromCity=SAN+FRANCISCO&FromCountry=US&FromState=CA&FromZip=94103&To=%2B15005550006&ToCity=&ToCountry=US&ToState=CA&ToZip=";
-        let form = parse_form(body).unwrap();
-        assert_eq!(
-            compute_signature(
-                "9f4c2a7e1b3d5f60718293a4b5c6d7e8",
-                "https://bridge.example.com/twilio/voice",
-                &form
-            ),
-            "WtO2sXojwFSMFkMsXLZbHfsF0s0="
-        );
-    }
-
-    #[test]
-    fn signature_validation_accepts_port_variants_only_for_right_token() {
-        let params = pairs(&[
-            ("CallSid", "CA1234567890ABCDE"),
-            ("Digits", "1234"),
-            ("From", "+14158675309"),
-            ("To", "+18005551212"),
-            ("Caller", "+14158675309"),
-        ]);
-        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
-        // Signed over the URL with :443, validated against the URL without it, and back.
-        assert!(validate_signature(
-            "12345",
-            url,
-            &params,
-            "kvajT1Ptam85bY51eRf/AJRuM3w="
-        ));
-        assert!(validate_signature(
-            "12345",
-            "https://mycompany.com:443/myapp.php?foo=1&bar=2",
-            &params,
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        ));
-        assert!(validate_signature(
-            "12345",
-            url,
-            &params,
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        ));
-        assert!(!validate_signature(
-            "54321",
-            url,
-            &params,
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        ));
-        assert!(!validate_signature(
-            "12345",
-            url,
-            &params[1..],
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        ));
-        assert!(!validate_signature("12345", url, &params, ""));
-    }
-
-    #[test]
-    fn port_variants() {
-        assert_eq!(
-            url_port_variants("wss://h.example/twilio/media"),
-            [
-                "wss://h.example/twilio/media",
-                "wss://h.example:443/twilio/media"
-            ]
-        );
-        assert_eq!(
-            url_port_variants("http://h:80?x"),
-            ["http://h:80?x", "http://h?x"]
-        );
-        assert_eq!(url_port_variants("https://h:8443/x"), ["https://h:8443/x"]);
     }
 }

@@ -83,6 +83,65 @@ impl Harness {
         format!("ws://{}/twilio/media", self.addr)
     }
 
+    /// What a raw media client (one that skips the simulated caller) needs to get past the
+    /// bridge's checks, as Twilio would have it: POSTs a signed voice webhook for `call_sid`
+    /// and returns a signed upgrade request for the media endpoint plus the stream token from
+    /// the TwiML (send it as `customParameters.token` in `start`).
+    pub async fn raw_stream(
+        &self,
+        call_sid: &str,
+    ) -> (
+        tokio_tungstenite::tungstenite::handshake::client::Request,
+        String,
+    ) {
+        use callbridge::twilio::signature::compute_signature;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let form: Vec<(String, String)> = [
+            ("AccountSid", ACCOUNT_SID),
+            ("CallSid", call_sid),
+            ("Direction", "inbound"),
+            ("From", "+14155550123"),
+            ("To", "+15005550006"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencoding::encode(k), urlencoding::encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let twiml = reqwest::Client::new()
+            .post(format!("http://{}/twilio/voice", self.addr))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header(
+                "X-Twilio-Signature",
+                compute_signature(AUTH_TOKEN, &format!("{PUBLIC_URL}/twilio/voice"), &form),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("voice webhook")
+            .error_for_status()
+            .expect("signed voice webhook accepted")
+            .text()
+            .await
+            .unwrap();
+        let token = twiml
+            .split(r#"<Parameter name="token" value=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no stream token in {twiml}"))
+            .to_string();
+        let mut request = self.media_url().into_client_request().unwrap();
+        let host = PUBLIC_URL.trim_start_matches("https://");
+        let signature = compute_signature(AUTH_TOKEN, &format!("wss://{host}/twilio/media"), &[]);
+        request
+            .headers_mut()
+            .insert("X-Twilio-Signature", signature.parse().unwrap());
+        (request, token)
+    }
+
     /// Collects the bridge's notes of one call until it ends (or `timeout`).
     pub async fn notes_until_end(&mut self, timeout: Duration) -> Vec<CallNote> {
         let mut out = Vec::new();
