@@ -381,6 +381,10 @@ pub struct LimitsConfig {
     pub wrap_up_grace_ms: u64,
     /// A continued stream (after `send_dtmf`) must reconnect within this long, ms.
     pub continuation_ttl_ms: u64,
+    /// The stream is closed when no media arrived from the caller for this long, s.
+    pub idle_stream_secs: u64,
+    /// On SIGTERM/SIGINT, live calls continue this long before they are ended politely, s.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -396,6 +400,8 @@ impl Default for LimitsConfig {
             silence_timeout_secs: 30,
             wrap_up_grace_ms: 15_000,
             continuation_ttl_ms: 30_000,
+            idle_stream_secs: 10,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -771,6 +777,20 @@ impl Config {
                 "limits.wrap_up_grace_ms",
                 l.wrap_up_grace_ms,
                 "expected 1..=120000",
+            ));
+        }
+        if l.idle_stream_secs == 0 || l.idle_stream_secs > 3_600 {
+            return Err(invalid(
+                "limits.idle_stream_secs",
+                l.idle_stream_secs,
+                "expected 1..=3600",
+            ));
+        }
+        if l.shutdown_grace_secs > 3_600 {
+            return Err(invalid(
+                "limits.shutdown_grace_secs",
+                l.shutdown_grace_secs,
+                "expected 0..=3600",
             ));
         }
         if l.continuation_ttl_ms == 0 || l.continuation_ttl_ms > 600_000 {

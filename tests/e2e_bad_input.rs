@@ -813,7 +813,16 @@ async fn abrupt_model_close_ends_only_that_call_with_fallback() {
         }
     })
     .await;
-    let mut h = harness(|s| s, |c| c.gemini.url = url).await;
+    // Recovery is off here: this test is about an unrecoverable loss ending only its own call
+    // with the fallback (recovery has its own tests in e2e_session.rs).
+    let mut h = harness(
+        |s| s,
+        |c| {
+            c.gemini.url = url;
+            c.session.max_reconnects = 0;
+        },
+    )
+    .await;
 
     let lost_sid = sid("CA");
     let lost = h

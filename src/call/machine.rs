@@ -86,6 +86,10 @@ pub struct CallSettings {
     pub max_sessions: u32,
     /// goAway handover opens the new connection before closing the old one.
     pub handover_overlap: bool,
+    /// No caller media for this long ends the stream.
+    pub idle_stream: Duration,
+    /// On shutdown, live calls continue this long before ending politely.
+    pub shutdown_grace: Duration,
 }
 
 /// "One moment, please." — played while a lost model connection is recovered.
@@ -240,6 +244,8 @@ impl CallSettings {
             history_chars: cfg.session.history_chars,
             max_sessions: cfg.session.max_sessions_per_call,
             handover_overlap: cfg.session.handover == "overlap",
+            idle_stream: Duration::from_secs(cfg.limits.idle_stream_secs),
+            shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace_secs),
         }
     }
 }
@@ -430,6 +436,8 @@ pub enum CallEnd {
     ContinuationLost,
     /// The bridge is shutting down.
     Shutdown,
+    /// No media arrived from the caller leg for `limits.idle_stream_secs`.
+    IdleStream,
 }
 
 impl CallEnd {
@@ -448,6 +456,7 @@ impl CallEnd {
             CallEnd::Transferred => "transferred",
             CallEnd::ContinuationLost => "continuation_lost",
             CallEnd::Shutdown => "shutdown",
+            CallEnd::IdleStream => "idle_stream",
         }
     }
 
@@ -601,6 +610,9 @@ enum AfterHeard {
     },
     /// `send_dtmf`: answered after the provider's API acted.
     Dtmf { id: String, digits: String },
+    /// Close the stream (Twilio then runs the fallback verbs) once the agent's sentence is
+    /// heard: a polite end at shutdown.
+    CloseStream(CallEnd),
 }
 
 #[derive(Debug)]
@@ -711,6 +723,10 @@ pub struct Call {
     reconnect: Option<Reconnect>,
     /// Overlapping handover in progress: since when (caller audio is held meanwhile).
     standby: Option<Instant>,
+    /// Last media frame from the caller.
+    last_media: Instant,
+    /// The bridge is shutting down: end politely at this time.
+    drain_at: Option<Instant>,
     /// Model sessions opened for this call.
     sessions_opened: u32,
     /// Tool call ids issued by the current model session.
@@ -774,6 +790,8 @@ impl Call {
             go_away_deadline: None,
             reconnect: None,
             standby: None,
+            last_media: now,
+            drain_at: None,
             sessions_opened: 0,
             session_tools: HashSet::new(),
             deferred: Vec::new(),
@@ -859,6 +877,10 @@ impl Call {
         consider(self.action.as_ref().map(|h| h.deadline));
         consider(self.wrap_up.as_ref().map(|w| w.deadline));
         consider(self.go_away_deadline);
+        consider(self.drain_at);
+        if self.start.is_some() && self.phase != Phase::Parked {
+            consider(Some(self.last_media + self.settings.idle_stream));
+        }
         consider(self.standby.map(|s| s + self.settings.setup_timeout));
         if self.go_away_deadline.is_some() {
             // Re-check for a quiet moment as playback drains.
@@ -1003,7 +1025,13 @@ impl Call {
                 }
             }
             Input::Tick => {}
-            Input::Shutdown => self.end(CallEnd::Shutdown),
+            Input::Shutdown => {
+                if self.phase == Phase::Live && !self.settings.shutdown_grace.is_zero() {
+                    self.drain_at = Some(now + self.settings.shutdown_grace);
+                } else {
+                    self.end(CallEnd::Shutdown);
+                }
+            }
         }
         if !matches!(self.phase, Phase::Ended | Phase::Parked) {
             self.check_timers(now);
@@ -1042,6 +1070,10 @@ impl Call {
                 self.open_session(now);
             }
             CallerEvent::Media(frame) => match self.phase {
+                _ if {
+                    self.last_media = now;
+                    false
+                } => {}
                 Phase::AwaitingStart => {
                     tracing::warn!("media before start ignored ({} bytes)", frame.payload.len());
                 }
@@ -1438,7 +1470,7 @@ impl Call {
         }
         let pending = self.action.as_ref().is_some_and(|a| match &a.action {
             AfterHeard::Transfer { id: x, .. } | AfterHeard::Dtmf { id: x, .. } => *x == id,
-            AfterHeard::HangUp => false,
+            AfterHeard::HangUp | AfterHeard::CloseStream(_) => false,
         });
         if pending {
             tracing::info!(id, "call action cancelled by the model before it ran");
@@ -1450,7 +1482,7 @@ impl Call {
 
     /// The caller cut the agent off before a call action ran: do not act on it. The hand-off
     /// sentence (or goodbye) was not heard to its end, so the caller never confirmed it.
-    fn withdraw_action_on_barge_in(&mut self) {
+    fn withdraw_action_on_barge_in(&mut self, now: Instant) {
         match self.action.take().map(|a| a.action) {
             Some(AfterHeard::Transfer { id, .. }) => self.respond(
                 id,
@@ -1469,6 +1501,15 @@ impl Call {
                         .into(),
                 ),
             ),
+            Some(AfterHeard::CloseStream(why)) => {
+                // Shutting down regardless; wait for the agent's next sentence instead.
+                self.action = Some(PendingAction {
+                    action: AfterHeard::CloseStream(why),
+                    deadline: now + self.settings.end_call_grace,
+                    wait_turn_complete: false,
+                    model_done: false,
+                });
+            }
             Some(AfterHeard::HangUp) => {
                 self.outputs.push_back(Output::ToModel(ModelOut::Text(
                     "[The caller interrupted your goodbye, so the call is still connected. If they \
@@ -1591,7 +1632,7 @@ impl Call {
                 sent_ms,
             }));
         self.tell_what_was_heard(heard_ms);
-        self.withdraw_action_on_barge_in();
+        self.withdraw_action_on_barge_in(now);
     }
 
     /// The model finished generating the current turn: flush the resampler's tail and pad the
@@ -1765,6 +1806,29 @@ impl Call {
                 }
             }
             _ => {}
+        }
+        if self.start.is_some()
+            && self.phase != Phase::Parked
+            && now >= self.last_media + self.settings.idle_stream
+        {
+            tracing::warn!(
+                secs = self.settings.idle_stream.as_secs(),
+                "no media from the caller leg; closing the stream"
+            );
+            self.end(CallEnd::IdleStream);
+            return;
+        }
+        if self.drain_at.is_some_and(|d| now >= d) {
+            self.drain_at = None;
+            tracing::info!(
+                "shutdown grace over; ending the call once the agent's sentence is heard"
+            );
+            self.action = Some(PendingAction {
+                action: AfterHeard::CloseStream(CallEnd::Shutdown),
+                deadline: now + self.settings.end_call_grace,
+                wait_turn_complete: false,
+                model_done: false,
+            });
         }
         self.check_session(now);
         if self.phase == Phase::Ended {
@@ -2082,6 +2146,7 @@ impl Call {
             .unwrap_or_default();
         match a.action {
             AfterHeard::HangUp => self.hang_up(CallEnd::AgentHungUp),
+            AfterHeard::CloseStream(why) => self.end(why),
             AfterHeard::Transfer {
                 id,
                 destination,
@@ -2143,6 +2208,8 @@ mod tests {
     fn settings() -> Arc<CallSettings> {
         let mut s = CallSettings::from_config(&Config::default());
         s.end_call_grace = Duration::from_secs(8);
+        // These tests feed no media frames; the idle-stream limit has its own test.
+        s.idle_stream = Duration::from_secs(3_600);
         Arc::new(s)
     }
 
@@ -2602,6 +2669,7 @@ mod tests {
                 whisper: "A caller for billing".into(),
             },
         );
+        cfg.limits.idle_stream_secs = 3_600;
         tweak(&mut cfg);
         Arc::new(CallSettings::from_config(&cfg))
     }
@@ -3110,6 +3178,66 @@ mod tests {
         assert!(
             audio >= 600,
             "held caller audio delivered to the new session: {audio}"
+        );
+    }
+
+    #[test]
+    fn a_stream_without_media_is_closed() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|c| c.limits.idle_stream_secs = 5), t0);
+        call.handle_input(Input::Caller(media(1)), t0 + Duration::from_secs(3));
+        let due = call.poll_timeout().unwrap();
+        assert_eq!(due, t0 + Duration::from_secs(8));
+        call.handle_input(Input::Tick, due);
+        let outs = drain(&mut call);
+        assert!(
+            matches!(outs.last(), Some(Output::End(e @ CallEnd::IdleStream)) if e.caller_still_connected())
+        );
+    }
+
+    #[test]
+    fn shutdown_lets_the_call_continue_then_ends_after_the_sentence() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|c| c.limits.shutdown_grace_secs = 10), t0);
+        call.handle_input(Input::Shutdown, t0);
+        assert!(
+            drain(&mut call).is_empty(),
+            "the call goes on during the grace"
+        );
+        let t1 = t0 + Duration::from_secs(9);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(1_500))), t1);
+        call.handle_input(Input::Model(ModelEvent::GenerationComplete), t1);
+        let mut t = t1;
+        let mut ended_at = None;
+        for _ in 0..200 {
+            t += Duration::from_millis(20);
+            call.handle_input(Input::Tick, t);
+            let outs = drain(&mut call);
+            for m in marks(&outs) {
+                call.handle_input(Input::Caller(CallerEvent::Mark { name: m }), t);
+            }
+            let mut outs = outs;
+            outs.extend(drain(&mut call));
+            if outs
+                .iter()
+                .any(|o| matches!(o, Output::End(CallEnd::Shutdown)))
+            {
+                assert!(
+                    !outs
+                        .iter()
+                        .any(|o| matches!(o, Output::Control(CallAction::HangUp { .. }))),
+                    "the stream closes; Twilio runs the fallback"
+                );
+                ended_at = Some(t);
+                break;
+            }
+        }
+        let ended_at = ended_at.expect("ended");
+        // (This test echoes each mark as soon as it is sent, up to the 200 ms lead early.)
+        assert!(
+            ended_at >= t1 + Duration::from_millis(1_500 - 220),
+            "the sentence was sent and its marks came back first: ended {:?} after it began",
+            ended_at - t1
         );
     }
 }
