@@ -156,8 +156,21 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> s
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await?;
+    // Upgraded WebSockets are not waited for by axum: wait for the call tasks ourselves, for
+    // the grace plus the time the last sentences and the stream closes may take.
     state.tracker.close();
-    state.tracker.wait().await;
+    let bound = Duration::from_secs(state.config.limits.shutdown_grace_secs)
+        + Duration::from_millis(state.config.limits.end_call_grace_ms)
+        + Duration::from_secs(5);
+    if tokio::time::timeout(bound, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            live_calls = state.calls.len(),
+            "calls still running after the shutdown bound"
+        );
+    }
     Ok(())
 }
 
@@ -213,6 +226,18 @@ async fn voice_webhook(
             tracing::warn!(reason = %why, "voice webhook refused: bad signature");
             return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
         }
+    }
+    if state.shutdown.is_cancelled() || state.calls.len() >= state.config.limits.max_calls {
+        // No stream now: answer with the fallback verbs so the caller is not left in silence.
+        tracing::warn!(
+            draining = state.shutdown.is_cancelled(),
+            "voice webhook answered with the fallback: draining or at the call limit"
+        );
+        let twiml = format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response>{}</Response>"#,
+            state.config.twilio.fallback_twiml.trim()
+        );
+        return ([(header::CONTENT_TYPE, "text/xml")], twiml).into_response();
     }
     let stream_url = match state.config.stream_url() {
         Some(u) => u,

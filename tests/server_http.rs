@@ -122,3 +122,17 @@ async fn media_endpoint_requires_a_websocket_upgrade() {
         .unwrap();
     assert!(resp.status().is_client_error());
 }
+
+#[tokio::test]
+async fn webhook_answers_the_fallback_when_draining() {
+    let st = state(|c| c.twilio.validate_signatures = false);
+    st.shutdown.cancel();
+    let resp = app(st).oneshot(voice(FORM)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let twiml = body_text(resp).await;
+    assert!(!twiml.contains("<Connect>"), "{twiml}");
+    assert!(
+        twiml.contains("<Say>Sorry, our assistant is unavailable"),
+        "{twiml}"
+    );
+}
