@@ -880,12 +880,10 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "bug: poll_timeout() can stay in the past, so the driver spins: during \
-                reconnection backoff (stale setup deadline) and while a goAway handover waits \
-                for a quiet moment (stale queued_until / last_voice + 600 ms) and while a call \
-                action suppresses the silence check (stale silence deadline); see the three \
-                *_leaves_no_past_timeout tests"]
-    fn next_timeout_is_in_the_future_after_a_tick(
+#[ignore = "bug: a remaining case where poll_timeout() equals now after a Tick (found after \
+                fixing the four reproduced below; minimal input: max_call 5 s, idle 6 s, 1-frame \
+                lead); to investigate next session"]
+        fn next_timeout_is_in_the_future_after_a_tick(
         (knobs, prelude, script) in arb_script()
     ) {
         run(&knobs, prelude, &script, Checks { timeout_not_past: true, ..CORE })?;
@@ -894,10 +892,6 @@ proptest! {
 
 /// Minimal reproduction of the spin found by `next_timeout_is_in_the_future_after_a_tick`.
 #[test]
-#[ignore = "bug: poll_timeout() stays in the past for the whole reconnection backoff after a \
-            setup timeout (Phase::Connecting considers connect_requested + setup_timeout even \
-            while reconnect.next_try is pending), so the driver's sleep_until returns at once \
-            and it busy-loops on Tick until the next attempt"]
 fn reconnect_backoff_after_a_setup_timeout_leaves_no_past_timeout() {
     let mut s = CallSettings::from_config(&Config::default());
     s.setup_timeout = Duration::from_secs(10);
@@ -943,11 +937,6 @@ fn reconnect_backoff_after_a_setup_timeout_leaves_no_past_timeout() {
 
 /// Minimal reproduction of the second spin found by `next_timeout_is_in_the_future_after_a_tick`.
 #[test]
-#[ignore = "bug: after a goAway, while the handover waits for a quiet moment that something \
-            else blocks (reply_due after caller speech, a running webhook tool, a pending call \
-            action, generation in progress), poll_timeout() keeps returning queued_until or \
-            last_voice + 600 ms although they are past, so the driver spins on Tick until the \
-            quiet moment or the goAway deadline (up to ~25 s with timeLeft 30 s)"]
 fn go_away_waiting_for_a_quiet_moment_leaves_no_past_timeout() {
     let s = CallSettings::from_config(&Config::default());
     let t0 = Instant::now();
@@ -984,10 +973,6 @@ fn go_away_waiting_for_a_quiet_moment_leaves_no_past_timeout() {
 /// A goAway's `timeLeft` is whatever the server wrote (`"18446744073709551615s"` decodes
 /// fine); the machine must not overflow `Instant` arithmetic on it.
 #[test]
-#[ignore = "bug: panics with 'overflow when adding duration to instant' at \
-            machine.rs `self.go_away_deadline = Some(now + left.saturating_sub(margin))` \
-            for a server goAway with timeLeft >= ~2^63 s, e.g. \
-            {\"goAway\":{\"timeLeft\":\"18446744073709551615s\"}}; the call task dies"]
 fn huge_go_away_time_left_does_not_panic() {
     let frame = br#"{"goAway":{"timeLeft":"18446744073709551615.999999999s"}}"#;
     let events = callbridge::gemini::wire::decompose(frame).expect("valid frame");
@@ -1006,10 +991,6 @@ fn huge_go_away_time_left_does_not_panic() {
 
 /// Minimal reproduction of the third spin found by `next_timeout_is_in_the_future_after_a_tick`.
 #[test]
-#[ignore = "bug: with silence_timeout set, while a call action is pending or awaited \
-            (send_dtmf / transfer_call in progress, end_call waiting for turnComplete) the \
-            silence check is suppressed but poll_timeout() still returns last_activity + \
-            silence_timeout, already past, so the driver spins until the action completes"]
 fn awaited_call_action_after_silence_leaves_no_past_timeout() {
     let s = CallSettings::from_config(&Config::default());
     let silence = s.silence_timeout.expect("silence timeout on by default");

@@ -725,6 +725,8 @@ pub struct Call {
     standby: Option<Instant>,
     /// Last media frame from the caller.
     last_media: Instant,
+    /// The latest `now` seen (for timer hints in `poll_timeout`).
+    last_now: Instant,
     /// The bridge is shutting down: end politely at this time.
     drain_at: Option<Instant>,
     /// Model sessions opened for this call.
@@ -791,6 +793,7 @@ impl Call {
             reconnect: None,
             standby: None,
             last_media: now,
+            last_now: now,
             drain_at: None,
             sessions_opened: 0,
             session_tools: HashSet::new(),
@@ -864,10 +867,15 @@ impl Call {
         };
         match self.phase {
             Phase::AwaitingStart => consider(Some(self.created + self.settings.start_timeout)),
-            Phase::Connecting | Phase::SettingUp => consider(
-                self.connect_requested
-                    .map(|c| c + self.settings.setup_timeout),
-            ),
+            // While a reconnection waits for its backoff, the setup deadline is not armed.
+            Phase::Connecting | Phase::SettingUp
+                if self.reconnect.as_ref().is_none_or(|r| r.next_try.is_none()) =>
+            {
+                consider(
+                    self.connect_requested
+                        .map(|c| c + self.settings.setup_timeout),
+                )
+            }
             _ => {}
         }
         if self.wrap_up.is_none() {
@@ -882,10 +890,13 @@ impl Call {
             consider(Some(self.last_media + self.settings.idle_stream));
         }
         consider(self.standby.map(|s| s + self.settings.setup_timeout));
+        // Hints (not deadlines the timers act on): only times still ahead, else the driver
+        // would wake for nothing in a loop.
+        let ahead = |d: Option<Instant>| d.filter(|d| *d > self.last_now);
         if self.go_away_deadline.is_some() {
-            // Re-check for a quiet moment as playback drains.
-            consider(self.queued_until);
-            consider(self.last_voice.map(|v| v + QUIET_AFTER_VOICE));
+            // Re-check for a quiet moment as playback drains and the caller falls silent.
+            consider(ahead(self.queued_until));
+            consider(ahead(self.last_voice.map(|v| v + QUIET_AFTER_VOICE)));
         }
         if let Some(r) = &self.reconnect {
             consider(r.next_try);
@@ -893,10 +904,14 @@ impl Call {
                 consider(Some(r.since + after));
             }
         }
-        if self.phase == Phase::Live && self.wrap_up.is_none() {
+        if self.phase == Phase::Live
+            && self.wrap_up.is_none()
+            && self.action.is_none()
+            && self.awaiting.is_none()
+        {
             if let Some(t) = self.settings.silence_timeout {
                 let busy_until = self.queued_until.unwrap_or(self.last_activity);
-                consider(Some(self.last_activity.max(busy_until) + t));
+                consider(ahead(Some(self.last_activity.max(busy_until) + t)));
             }
         }
         if self.pending.len() >= FRAME_BYTES || self.final_mark_due() {
@@ -914,6 +929,7 @@ impl Call {
 
     /// Feeds one input.
     pub fn handle_input(&mut self, input: Input, now: Instant) {
+        self.last_now = self.last_now.max(now);
         if self.phase == Phase::Ended {
             return;
         }
@@ -1262,7 +1278,10 @@ impl Call {
                 let margin = (left / 5)
                     .clamp(Duration::from_millis(500), Duration::from_secs(5))
                     .min(left);
-                self.go_away_deadline = Some(now + left.saturating_sub(margin));
+                // A nonsensical timeLeft (beyond what an Instant can hold) is capped.
+                self.go_away_deadline = now
+                    .checked_add(left.saturating_sub(margin))
+                    .or_else(|| now.checked_add(Duration::from_secs(3_600)));
                 self.outputs.push_back(Output::Event(CallEvent::GoAway {
                     time_left_ms: time_left.map(|d| d.as_millis() as u64),
                 }));
