@@ -212,12 +212,11 @@ where
                 }
                 Output::CloseModel => {
                     if let Some(mut old) = model.take() {
-                        // Handover: close politely in the background; the new connection
-                        // is opened right after.
-                        tokio::spawn(async move {
-                            let _ =
-                                tokio::time::timeout(Duration::from_secs(2), old.close(None)).await;
-                        });
+                        // Close-first handover: finish the close handshake before the new
+                        // connection resumes (the server may refuse a resume while the old
+                        // socket is open). Bounded, so a dead peer cannot stall the call.
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(500), old.close(None)).await;
                     }
                     connecting = None;
                 }

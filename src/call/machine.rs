@@ -3259,4 +3259,83 @@ mod tests {
             ended_at - t1
         );
     }
+
+    #[test]
+    fn refused_resume_starts_a_fresh_session_with_history() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(
+            Input::Model(ModelEvent::InputTranscription("where is my order".into())),
+            t0,
+        );
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), t0);
+        call.handle_input(
+            Input::Model(ModelEvent::OutputTranscription("It ships Monday.".into())),
+            t0,
+        );
+        call.handle_input(Input::Model(ModelEvent::GenerationComplete), t0);
+        call.handle_input(Input::Model(ModelEvent::TurnComplete), t0);
+        call.handle_input(
+            Input::Model(ModelEvent::SessionResumptionUpdate {
+                new_handle: Some("h1".into()),
+                resumable: true,
+            }),
+            t0,
+        );
+        drain(&mut call);
+        // The connection drops; the resume with the handle is refused (1007).
+        call.handle_input(
+            Input::ModelClosed {
+                code: 1006,
+                reason: String::new(),
+            },
+            t0,
+        );
+        call.handle_input(Input::ModelConnected, t0);
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(o, Output::ToModel(ModelOut::Setup(p)) if p.resume_handle.as_deref() == Some("h1"))));
+        call.handle_input(
+            Input::ModelClosed {
+                code: 1007,
+                reason: "Request contains an invalid argument.".into(),
+            },
+            t0,
+        );
+        let retry = call.poll_timeout().unwrap();
+        call.handle_input(Input::Tick, retry);
+        call.handle_input(Input::ModelConnected, retry);
+        let outs = drain(&mut call);
+        assert!(
+            outs.iter().any(
+                |o| matches!(o, Output::ToModel(ModelOut::Setup(p)) if p.resume_handle.is_none())
+            ),
+            "{outs:?}"
+        );
+        call.handle_input(Input::Model(ModelEvent::SetupComplete), retry);
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Event(CallEvent::Reconnected {
+                reason: "fault",
+                resumed: false,
+                ..
+            })
+        )));
+        let history = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::ToModel(ModelOut::Context(turns)) => Some(turns.clone()),
+                _ => None,
+            })
+            .expect("history seeded");
+        assert_eq!(history[0].text, "where is my order");
+        assert_eq!(history[1].text, "It ships Monday.");
+        assert!(history.last().unwrap().text.contains("do not greet again"));
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Output::ToModel(ModelOut::ClientContent(_)))),
+            "no second greeting"
+        );
+    }
 }
