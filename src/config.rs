@@ -88,6 +88,15 @@ pub enum ConfigError {
     },
 }
 
+/// `lo..=hi`, else an error naming the key and the value.
+fn in_range(key: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(key, value, &format!("expected {lo}..={hi}")))
+    }
+}
+
 fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -758,34 +767,10 @@ impl Config {
         if l.max_call_secs == 0 {
             return Err(invalid("limits.max_call_secs", 0, "expected at least 1"));
         }
-        if l.dtmf_idle_ms == 0 || l.dtmf_idle_ms > 60_000 {
-            return Err(invalid(
-                "limits.dtmf_idle_ms",
-                l.dtmf_idle_ms,
-                "expected 1..=60000",
-            ));
-        }
-        if l.end_call_grace_ms == 0 || l.end_call_grace_ms > 60_000 {
-            return Err(invalid(
-                "limits.end_call_grace_ms",
-                l.end_call_grace_ms,
-                "expected 1..=60000",
-            ));
-        }
-        if l.wrap_up_grace_ms == 0 || l.wrap_up_grace_ms > 120_000 {
-            return Err(invalid(
-                "limits.wrap_up_grace_ms",
-                l.wrap_up_grace_ms,
-                "expected 1..=120000",
-            ));
-        }
-        if l.idle_stream_secs == 0 || l.idle_stream_secs > 3_600 {
-            return Err(invalid(
-                "limits.idle_stream_secs",
-                l.idle_stream_secs,
-                "expected 1..=3600",
-            ));
-        }
+        in_range("limits.dtmf_idle_ms", l.dtmf_idle_ms, 1, 60_000)?;
+        in_range("limits.end_call_grace_ms", l.end_call_grace_ms, 1, 60_000)?;
+        in_range("limits.wrap_up_grace_ms", l.wrap_up_grace_ms, 1, 120_000)?;
+        in_range("limits.idle_stream_secs", l.idle_stream_secs, 1, 3_600)?;
         if l.shutdown_grace_secs > 3_600 {
             return Err(invalid(
                 "limits.shutdown_grace_secs",
@@ -793,13 +778,12 @@ impl Config {
                 "expected 0..=3600",
             ));
         }
-        if l.continuation_ttl_ms == 0 || l.continuation_ttl_ms > 600_000 {
-            return Err(invalid(
-                "limits.continuation_ttl_ms",
-                l.continuation_ttl_ms,
-                "expected 1..=600000",
-            ));
-        }
+        in_range(
+            "limits.continuation_ttl_ms",
+            l.continuation_ttl_ms,
+            1,
+            600_000,
+        )?;
         if !t.api_key_sid.is_empty() && !is_sid(&t.api_key_sid, "SK") {
             return Err(invalid(
                 "twilio.api_key_sid",
