@@ -242,9 +242,13 @@ pub async fn connect(
         HeaderValue::from_static(concat!("callbridge/", env!("CARGO_PKG_VERSION"))),
     );
 
+    // tungstenite zero-fills its read buffer before every read (128 KiB by default): 16 KiB
+    // holds a few 40 ms audio chunks and keeps that cost and the resident memory small.
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024);
     // Nagle off: 20–40 ms audio frames must not wait for ACKs.
     let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(timeout, attempt).await {
