@@ -171,6 +171,9 @@ pub struct ServerConfig {
     /// `wss://host/twilio/media` stream URL. Env `CALLBRIDGE_PUBLIC_URL`. Empty: taken from the
     /// request's `Host` header (only sensible for local testing).
     pub public_url: String,
+    /// Serve `GET /debug/stats` (latency histograms, frame counters; aggregate numbers only).
+    /// Off by default: call volume is nobody's business. `callbridge loadtest` turns it on.
+    pub debug_stats: bool,
 }
 
 impl Default for ServerConfig {
@@ -178,6 +181,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "0.0.0.0:8080".into(),
             public_url: String::new(),
+            debug_stats: false,
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::call::machine::CallSettings;
 use crate::call::tools::{HttpToolExecutor, ToolExecutor};
 use crate::config::Config;
 use crate::gemini::connect::Credential;
+use crate::stats::BridgeStats;
 use crate::twilio::signature::{self, SharedKey, SignedRequest, StreamTokens, Verifier};
 use crate::twilio::webhook;
 
@@ -72,6 +73,8 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Single-use stream tokens issued by the voice webhook, by CallSid.
     pub stream_tokens: Arc<StreamTokens>,
+    /// Latency histograms and frame counters (`GET /debug/stats`).
+    pub stats: Arc<BridgeStats>,
 }
 
 impl AppState {
@@ -132,9 +135,15 @@ impl AppState {
             shutdown: CancellationToken::new(),
             verifier,
             stream_tokens,
+            stats: Arc::new(BridgeStats::default()),
         })
     }
 }
+
+/// Bytes read from the caller's socket at a time (see `media_stream`).
+const CALLER_READ_BUFFER: usize = 4 * 1024;
+/// Outgoing frames are written once this much is buffered, or at the driver's flush.
+const CALLER_WRITE_BUFFER: usize = 16 * 1024;
 
 /// The router.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -143,13 +152,28 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/twilio/media", get(media_stream))
         .route("/twilio/whisper/{destination}", post(whisper).get(whisper))
         .route("/healthz", get(healthz))
+        .route("/debug/stats", get(debug_stats))
         .with_state(state)
 }
 
 /// Binds and serves until `state.shutdown` fires, then waits for live calls to finish.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
+    let lag = state.stats.clone().watch_runtime_lag();
+    let stop_lag = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = lag => {}
+            _ = stop_lag.cancelled() => {}
+        }
+    });
     let router = app(state.clone());
+    // Nagle off: 20 ms media frames and marks must not wait for the previous write's ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -172,6 +196,17 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> s
         );
     }
     Ok(())
+}
+
+/// `GET /debug/stats`: latency histograms and counters, when `server.debug_stats` is on
+/// (aggregate numbers only; off by default so call volume is not public).
+async fn debug_stats(State(state): State<Arc<AppState>>) -> Response {
+    if !state.config.server.debug_stats {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    let mut body = state.stats.to_json();
+    body["live_calls"] = state.calls.len().into();
+    axum::Json(body).into_response()
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
@@ -327,11 +362,17 @@ async fn media_stream(
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let max = state.config.limits.max_message_bytes;
     let st = state.clone();
+    // Telephony-sized buffers: tungstenite zero-fills its whole read buffer before every read
+    // (128 KiB by default, a quarter of the per-frame CPU and most of a call's memory);
+    // Twilio's messages are ~400 bytes, so 4 KiB reads take several at once.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(CALLER_READ_BUFFER)
+        .write_buffer_size(CALLER_WRITE_BUFFER)
         .on_failed_upgrade(|e| tracing::warn!(error = %e, "media WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let state = st;
+            state.stats.calls_started.fetch_add(1, Ordering::Relaxed);
             state.calls.insert(
                 conn,
                 LiveCall {
@@ -352,6 +393,7 @@ async fn media_stream(
                 tool_configs: Arc::new(state.config.tools.webhooks.clone()),
                 shutdown: state.shutdown.clone(),
                 stream_guard: validate.then(|| stream_guard(state.stream_tokens.clone())),
+                stats: state.stats.clone(),
             };
             let span = tracing::info_span!(
                 "call",

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,8 @@ pub struct CallContext {
     /// single-use stream token); `false` closes the stream before any model session opens.
     #[allow(clippy::type_complexity)]
     pub stream_guard: Option<Arc<dyn Fn(&twire::StreamStart) -> bool + Send + Sync>>,
+    /// Bridge-wide latency histograms (edge to edge, per leg).
+    pub stats: Arc<crate::stats::BridgeStats>,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<ModelSocket, ConnectError>> + Send>>;
@@ -167,10 +170,14 @@ where
     let mut standby_connecting: Option<ConnectFuture> = None;
     let mut shutdown_seen = false;
     let mut warned_binary = false;
+    // When the input that produced this round's outputs was taken off its socket (or, for a
+    // timer, when it was due): the start of the bridge-added latency of the frames it yields.
+    let mut origin: Option<Instant> = None;
 
     loop {
         // Carry out every effect the machine has queued, in order.
         let mut caller_dirty = false;
+        let mut frames_to_caller = 0u64;
         let mut park: Option<String> = None;
         while let Some(out) = call.poll_output() {
             match out {
@@ -190,6 +197,9 @@ where
                     if caller.feed(Message::Text(json.into())).await.is_err() {
                         call.handle_input(Input::CallerClosed, Instant::now());
                     }
+                    if matches!(cmd, CallerOut::Media(_)) {
+                        frames_to_caller += 1;
+                    }
                     caller_dirty = true;
                 }
                 Output::ToModel(cmd) => {
@@ -198,7 +208,12 @@ where
                         continue;
                     };
                     let json = model_json(&cmd);
-                    if let Err(e) = sock.send(ModelMessage::Text(json.into())).await {
+                    let sent = sock.send(ModelMessage::Text(json.into())).await;
+                    if let (Ok(()), ModelOut::Audio(_), Some(t0)) = (&sent, &cmd, origin) {
+                        ctx.stats.uplink.record(t0.elapsed());
+                        ctx.stats.frames_to_model.fetch_add(1, Relaxed);
+                    }
+                    if let Err(e) = sent {
                         tracing::warn!(error = %e, "model send failed");
                         model = None;
                         call.handle_input(
@@ -330,6 +345,15 @@ where
             call.handle_input(Input::CallerClosed, Instant::now());
             continue;
         }
+        if let (true, Some(t0)) = (frames_to_caller > 0, origin) {
+            let d = t0.elapsed();
+            for _ in 0..frames_to_caller {
+                ctx.stats.downlink.record(d);
+            }
+            ctx.stats
+                .frames_to_caller
+                .fetch_add(frames_to_caller, Relaxed);
+        }
 
         let deadline = call.poll_timeout();
         let sleep = async move {
@@ -338,6 +362,7 @@ where
                 None => std::future::pending().await,
             }
         };
+        let mut read_at: Option<Instant> = None;
         let input: Vec<Input> = tokio::select! {
             _ = ctx.shutdown.cancelled(), if !shutdown_seen => {
                 shutdown_seen = true;
@@ -354,6 +379,7 @@ where
                 }
             }
             msg = async { model.as_mut().expect("guarded").next().await }, if model.is_some() => {
+                read_at = Some(Instant::now());
                 match model_input(msg) {
                     ModelRead::Events(evs) => evs,
                     ModelRead::Nothing => Vec::new(),
@@ -389,14 +415,21 @@ where
                     }
                 }
             }
-            msg = caller.next() => caller_input(msg, &mut warned_binary),
+            msg = caller.next() => {
+                read_at = Some(Instant::now());
+                caller_input(msg, &mut warned_binary)
+            }
             Some((id, result)) = tool_rx.recv() => {
                 running.remove(&id);
                 vec![Input::ToolDone { id, result }]
             }
-            _ = sleep => vec![Input::Tick],
+            _ = sleep => {
+                read_at = deadline;
+                vec![Input::Tick]
+            }
         };
         let now = Instant::now();
+        origin = Some(read_at.map_or(now, |t| t.min(now)));
         for i in input {
             // A continued stream (after send_dtmf) takes over its parked call and model session.
             if let Input::Caller(CallerEvent::Start(start)) = &i {
