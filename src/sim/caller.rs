@@ -2595,6 +2595,23 @@ fn webhook_form(
 
 type WebhookOutcome = (WebhookExchange, ConnectStream);
 
+/// The voice-webhook step on its own (for the load generator): POSTs the signed §2.1 form to
+/// the builder's webhook and returns the `<Stream url>` and its `<Parameter>`s.
+pub async fn webhook_stream(
+    cfg: &SimCallerBuilder,
+    call_sid: &str,
+) -> Result<(String, BTreeMap<String, String>), SimCallerError> {
+    let hook = cfg.webhook.clone().unwrap_or_default();
+    let account_sid = cfg.account_sid.clone().unwrap_or_default();
+    let (_, stream) = do_webhook(cfg, &hook, &account_sid, call_sid).await?;
+    Ok((stream.url, stream.params))
+}
+
+/// `X-Twilio-Signature` over a URL and POST parameters (HMAC-SHA1, §2.3).
+pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    sign(auth_token, url, params)
+}
+
 async fn do_webhook(
     cfg: &SimCallerBuilder,
     hook: &str,

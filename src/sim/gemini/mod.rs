@@ -98,6 +98,7 @@ pub(crate) struct SimConfig {
     pub(crate) vad_start_ms: u32,
     pub(crate) default_silence_ms: u32,
     pub(crate) resumption_ttl: Duration,
+    pub(crate) record_content: bool,
 }
 
 /// State shared by the listener and every connection of one simulator.
@@ -111,6 +112,22 @@ pub(crate) struct SimShared {
     pub(crate) record: Mutex<SimRecord>,
     /// Upgrades refused so far by the `reject_upgrade_status` fault.
     pub(crate) rejected: AtomicU64,
+    /// Audio counters for load runs.
+    pub(crate) counters: LoadCounters,
+}
+
+/// Audio the simulator received and sent, across connections, for load runs.
+#[derive(Default)]
+pub struct LoadCounters {
+    /// 16 kHz samples received in `realtimeInput.audio`.
+    pub audio_in_samples: AtomicU64,
+    /// `realtimeInput.audio` messages received.
+    pub audio_in_chunks: AtomicU64,
+    /// 24 kHz samples sent in `modelTurn` inline data.
+    pub audio_out_samples: AtomicU64,
+    /// Time between consecutive audio messages of one connection (≈ 20 ms from a phone
+    /// bridge; the excess is jitter added between the caller and here).
+    pub audio_in_gap: crate::stats::Histogram,
 }
 
 /// Builder for a [`GeminiSim`]; see [`GeminiSim::builder`].
@@ -147,6 +164,7 @@ impl GeminiSim {
                 vad_start_ms: 80,
                 default_silence_ms: 600,
                 resumption_ttl: Duration::from_secs(2 * 3600),
+                record_content: true,
             },
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -238,6 +256,14 @@ impl GeminiSimBuilder {
         self
     }
 
+    /// Keep every frame's text and all received audio in the record (default true). Load
+    /// runs turn it off: the record then keeps setup, turns and closes, and
+    /// [`GeminiSimHandle::counters`] still counts audio.
+    pub fn record_content(mut self, keep: bool) -> Self {
+        self.config.record_content = keep;
+        self
+    }
+
     /// Listen address (default `127.0.0.1:0`).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -269,6 +295,7 @@ impl GeminiSimBuilder {
             tool_seq: AtomicU64::new(1),
             record: Mutex::new(SimRecord::default()),
             rejected: AtomicU64::new(0),
+            counters: LoadCounters::default(),
         });
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -309,6 +336,11 @@ impl GeminiSimHandle {
     /// Full URL of the v1beta Live endpoint, without credentials (add `?key=`).
     pub fn url(&self) -> String {
         format!("ws://{}{}", self.addr, DEFAULT_PATH)
+    }
+
+    /// Audio counters across all connections (kept even without [`GeminiSimBuilder::record_content`]).
+    pub fn counters(&self) -> &LoadCounters {
+        &self.shared.counters
     }
 
     /// Snapshot of everything received so far.

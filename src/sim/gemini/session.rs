@@ -527,7 +527,9 @@ impl Session {
         let raw = match &text {
             Ok(t) | Err(t) => t.clone(),
         };
-        self.record(|r| r.frames.push(RecordedFrame { kind, raw, at_ms }));
+        if self.shared.config.record_content {
+            self.record(|r| r.frames.push(RecordedFrame { kind, raw, at_ms }));
+        }
         if matches!(self.phase, Phase::Closed) {
             return;
         }
@@ -846,15 +848,24 @@ impl Session {
             resample_linear(&samples, rate, INPUT_RATE)
         };
         let at_ms = self.ms(now);
-        self.record(|r| {
-            r.audio_chunks.push(AudioChunk {
-                at_ms,
-                offset: r.audio.len(),
-                len: samples.len(),
-                declared_rate: rate,
+        if self.shared.config.record_content {
+            self.record(|r| {
+                r.audio_chunks.push(AudioChunk {
+                    at_ms,
+                    offset: r.audio.len(),
+                    len: samples.len(),
+                    declared_rate: rate,
+                });
+                r.audio.extend_from_slice(&samples);
             });
-            r.audio.extend_from_slice(&samples);
-        });
+        }
+        let c = &self.shared.counters;
+        c.audio_in_samples
+            .fetch_add(samples.len() as u64, Ordering::Relaxed);
+        c.audio_in_chunks.fetch_add(1, Ordering::Relaxed);
+        if let Some(last) = self.last_audio_at {
+            c.audio_in_gap.record(now.saturating_duration_since(last));
+        }
         self.audio_samples += samples.len() as u64;
         self.last_audio_at = Some(now);
         let mut events = Vec::new();
@@ -1019,11 +1030,18 @@ impl Session {
                         if g.seg.idx == 0 {
                             g.played_until = g.played_until.max(g.seg.start) + g.seg.duration();
                         }
+                        let clip_len = g.seg.clip.as_ref().map_or(0, |c| c.samples().len());
+                        let sent_before = (g.seg.idx * g.seg.chunk_samples).min(clip_len);
                         let msgs = chunk_messages(
                             g,
                             self.settings.multi_part,
                             self.settings.output_transcription,
                         );
+                        let sent = (g.seg.idx * g.seg.chunk_samples).min(clip_len) - sent_before;
+                        self.shared
+                            .counters
+                            .audio_out_samples
+                            .fetch_add(sent as u64, Ordering::Relaxed);
                         for m in msgs {
                             self.send(m);
                         }
@@ -1302,6 +1320,7 @@ mod tests {
                 ..Default::default()
             }),
             rejected: AtomicU64::new(0),
+            counters: Default::default(),
         });
         Session::new(shared, 0, "v1beta", true, now)
     }
