@@ -36,6 +36,9 @@ enum Command {
     Call(callbridge::sim::caller::CallArgs),
     /// A local Gemini Live server for tests, the demo and development.
     SimulateGemini(callbridge::sim::gemini::SimulateArgs),
+    /// Many simulated calls against a bridge: latency, CPU and memory per call (see
+    /// docs/PERFORMANCE.md).
+    Loadtest(callbridge::loadtest::LoadArgs),
 }
 
 fn init_logging(default: &str) {
@@ -80,6 +83,12 @@ fn main() -> ExitCode {
             Command::Call(args) => {
                 init_logging("warn");
                 callbridge::sim::caller::run_cli(args)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Command::Loadtest(args) => {
+                init_logging("warn");
+                callbridge::loadtest::run(args)
                     .await
                     .map_err(|e| e.to_string())
             }
