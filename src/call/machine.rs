@@ -884,7 +884,9 @@ impl Call {
         consider(self.dtmf_deadline);
         consider(self.action.as_ref().map(|h| h.deadline));
         consider(self.wrap_up.as_ref().map(|w| w.deadline));
-        consider(self.go_away_deadline);
+        // The goAway handover is acted on only while the session is live (`check_session`).
+        let live = self.phase == Phase::Live;
+        consider(self.go_away_deadline.filter(|_| live));
         consider(self.drain_at);
         if self.start.is_some() && self.phase != Phase::Parked {
             consider(Some(self.last_media + self.settings.idle_stream));
@@ -893,7 +895,7 @@ impl Call {
         // Hints (not deadlines the timers act on): only times still ahead, else the driver
         // would wake for nothing in a loop.
         let ahead = |d: Option<Instant>| d.filter(|d| *d > self.last_now);
-        if self.go_away_deadline.is_some() {
+        if live && self.go_away_deadline.is_some() {
             // Re-check for a quiet moment as playback drains and the caller falls silent.
             consider(ahead(self.queued_until));
             consider(ahead(self.last_voice.map(|v| v + QUIET_AFTER_VOICE)));
@@ -961,6 +963,9 @@ impl Call {
             Input::Model(ev) => self.on_model(ev, now),
             Input::ModelClosed { code, reason } => {
                 let why = format!("model closed the connection: code {code} {reason:?}");
+                // A goAway announced the end of this connection; it has ended, so its
+                // handover deadline is void (a recovery, if any, is the handover now).
+                self.go_away_deadline = None;
                 if self.reconnect.is_some() {
                     // The replacement failed before setupComplete; 1007/1008 on a resume
                     // means the handle was refused.
@@ -1000,6 +1005,8 @@ impl Call {
             Input::Standby(ModelEvent::SetupComplete) => {
                 if let Some(since) = self.standby.take() {
                     self.outputs.push_back(Output::PromoteStandby);
+                    // A goAway from the old connection meanwhile is void on the new one.
+                    self.go_away_deadline = None;
                     self.session_tools.clear();
                     let gap_ms = now.saturating_duration_since(since).as_millis() as u64;
                     tracing::info!(
@@ -1808,7 +1815,11 @@ impl Call {
                     if now >= c + self.settings.setup_timeout {
                         self.outputs.push_back(Output::CloseModel);
                         self.reconnect_failed(now, "no setupComplete in time", false);
-                        return;
+                        if self.phase == Phase::Ended {
+                            return;
+                        }
+                        // Go on: with no backoff the retry is due now, and `check_session`
+                        // makes it (returning left it as a past timer hint: the driver spun).
                     }
                 }
             }
@@ -1979,10 +1990,9 @@ impl Call {
                 return;
             }
         }
-        if let Some(deadline) = self.go_away_deadline {
-            if self.phase != Phase::Live {
-                return;
-            }
+        // Only a live session hands over; otherwise a pending reconnection below must still
+        // run (returning here left its due retry as a past timer hint: the driver spun).
+        if let Some(deadline) = self.go_away_deadline.filter(|_| self.phase == Phase::Live) {
             let quiet = !self.reply_due
                 && self.generating.is_none()
                 && self.pending.is_empty()
@@ -2047,6 +2057,8 @@ impl Call {
 
     /// Moves the conversation to a new model connection (the old one is closed or gone).
     fn start_reconnect(&mut self, now: Instant, reason: &'static str, resume: bool) {
+        // The connection a goAway was about is gone: this reconnection replaces the handover.
+        self.go_away_deadline = None;
         self.reconnect = Some(Reconnect {
             reason,
             failures: 0,
