@@ -356,6 +356,10 @@ pub struct PlayoutConfig {
     /// A mark is placed every this many ms of audio (and at each turn's end), so the bridge
     /// knows how much of a turn the caller has heard.
     pub mark_interval_ms: u32,
+    /// Audio is topped up in batches: once the lead has fallen this far below `lead_ms`, the
+    /// bridge refills it in one write (20 = a frame per write). The first audio of a turn and
+    /// audio that arrives while the lead is low always go out at once.
+    pub refill_ms: u32,
 }
 
 impl Default for PlayoutConfig {
@@ -363,6 +367,7 @@ impl Default for PlayoutConfig {
         PlayoutConfig {
             lead_ms: 200,
             mark_interval_ms: 100,
+            refill_ms: 100,
         }
     }
 }
@@ -731,6 +736,13 @@ impl Config {
                 "playout.lead_ms",
                 p.lead_ms,
                 "expected a multiple of 20 in 20..=5000",
+            ));
+        }
+        if p.refill_ms < 20 || p.refill_ms > p.lead_ms || !p.refill_ms.is_multiple_of(20) {
+            return Err(invalid(
+                "playout.refill_ms",
+                p.refill_ms,
+                "expected a multiple of 20 in 20..=playout.lead_ms",
             ));
         }
         if p.mark_interval_ms < 20

@@ -173,6 +173,8 @@ fn settings(k: &Knobs) -> CallSettings {
     s.preconnect_frames = k.preconnect_frames;
     s.mark_interval_frames = k.mark_interval_frames;
     s.playout_lead = ms(20 * u64::from(k.lead_frames));
+    // Batch refills from one frame up to half the lead (plus one frame).
+    s.playout_refill = ms(20 * u64::from(1 + k.lead_frames / 2));
     s.silence_timeout = k.silence_s.map(Duration::from_secs);
     s.tell_model_what_was_heard = k.tell_heard;
     s.shutdown_grace = ms(k.shutdown_grace_ms);

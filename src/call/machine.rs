@@ -43,6 +43,8 @@ pub struct CallSettings {
     pub greeting: Option<String>,
     /// Most audio queued ahead of real time at the caller's side.
     pub playout_lead: Duration,
+    /// How far the lead may fall below `playout_lead` before it is topped up.
+    pub playout_refill: Duration,
     /// A mark every this many frames of a turn.
     pub mark_interval_frames: u32,
     /// Caller audio kept (in frames) until the model session is ready.
@@ -219,6 +221,7 @@ impl CallSettings {
             setup,
             greeting: g.greeting.then(|| g.greeting_instruction.clone()),
             playout_lead: Duration::from_millis(cfg.playout.lead_ms.into()),
+            playout_refill: Duration::from_millis(cfg.playout.refill_ms.into()),
             mark_interval_frames: (cfg.playout.mark_interval_ms / 20).max(1),
             preconnect_frames: (cfg.limits.preconnect_buffer_ms / 20) as usize,
             start_timeout: Duration::from_millis(cfg.limits.start_timeout_ms),
@@ -917,10 +920,10 @@ impl Call {
             }
         }
         if self.pending.len() >= FRAME_BYTES || self.final_mark_due() {
-            // Wake when one more frame fits under the lead target.
+            // Wake when the lead has fallen to the refill point.
             let due = match self.queued_until {
                 Some(q) => q
-                    .checked_sub(self.settings.playout_lead.saturating_sub(FRAME))
+                    .checked_sub(self.refill_point())
                     .unwrap_or(self.created),
                 None => self.created,
             };
@@ -1686,8 +1689,21 @@ impl Call {
         self.turns.front().is_some_and(|t| t.end == Some(self.sent))
     }
 
-    /// Sends whole frames while the lead at Twilio is below the target, with marks.
+    /// The lead at which a refill starts: `playout_lead - playout_refill` (never below zero).
+    fn refill_point(&self) -> Duration {
+        self.settings
+            .playout_lead
+            .saturating_sub(self.settings.playout_refill.max(FRAME))
+            .min(self.settings.playout_lead.saturating_sub(FRAME))
+    }
+
+    /// Sends whole frames while the lead at Twilio is below the target, with marks. Refills in
+    /// batches: nothing is sent while more than the refill point is still queued.
     fn pump(&mut self, now: Instant) {
+        let lead_now = self
+            .queued_until
+            .map_or(Duration::ZERO, |q| q.saturating_duration_since(now));
+        let refilling = lead_now <= self.refill_point();
         loop {
             if self.final_mark_due() {
                 let Some(t) = self.turns.pop_front() else {
@@ -1702,7 +1718,7 @@ impl Call {
             let lead = self
                 .queued_until
                 .map_or(Duration::ZERO, |q| q.saturating_duration_since(now));
-            if lead + FRAME > self.settings.playout_lead {
+            if !refilling || lead + FRAME > self.settings.playout_lead {
                 break;
             }
             let Some(turn) = self.turns.front_mut() else {
@@ -2381,14 +2397,52 @@ mod tests {
             outs[0],
             Output::Event(CallEvent::AgentSpeaking { turn: 1 })
         ));
-        let next = call.poll_timeout().expect("a frame is due");
-        assert_eq!(next, t0 + Duration::from_millis(20));
-        // One frame per 20 ms after that.
+        let next = call.poll_timeout().expect("a refill is due");
+        assert_eq!(next, t0 + Duration::from_millis(100));
+        // Refilled in batches (refill 100 ms): nothing while more than 100 ms is queued, then
+        // five frames in one go, back up to the 200 ms lead.
+        for k in 1..=20u64 {
+            call.handle_input(Input::Tick, t0 + Duration::from_millis(20 * k));
+            let want = if k % 5 == 0 { 5 } else { 0 };
+            assert_eq!(media_count(&drain(&mut call)), want, "tick {k}");
+        }
+    }
+
+    #[test]
+    fn a_refill_of_one_frame_sends_a_frame_every_20_ms() {
+        let t0 = Instant::now();
+        let mut s = Arc::unwrap_or_clone(settings());
+        s.playout_refill = Duration::from_millis(20);
+        let mut call = Call::new(Arc::new(s), t0).expect("pipeline");
+        call.handle_input(Input::Caller(start_event()), t0);
+        call.handle_input(Input::ModelConnected, t0);
+        call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+        drain(&mut call);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(1000))), t0);
+        assert_eq!(media_count(&drain(&mut call)), 10);
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_millis(20)));
         for k in 1..=20u64 {
             call.handle_input(Input::Tick, t0 + Duration::from_millis(20 * k));
             assert_eq!(media_count(&drain(&mut call)), 1, "tick {k}");
         }
     }
+
+    #[test]
+    fn audio_arriving_while_the_lead_is_low_goes_out_at_once() {
+        let t0 = Instant::now();
+        let mut call = live_call(t0);
+        // 100 ms arrives with nothing queued: every whole frame goes out (the resampler holds
+        // back its ~2 ms delay, so 4 frames).
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), t0);
+        let first = media_count(&drain(&mut call));
+        assert!(first >= 4, "{first}");
+        // 20 ms before that has played out, the lead is under the refill point: the next
+        // 100 ms goes out at once too, not at the next timer.
+        let t1 = t0 + Duration::from_millis(20 * first as u64 - 20);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), t1);
+        assert_eq!(media_count(&drain(&mut call)), 5);
+    }
+
 
     #[test]
     fn end_of_turn_flushes_tail_and_final_mark_reports_heard() {
