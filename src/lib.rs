@@ -19,6 +19,7 @@ pub mod call;
 pub mod config;
 pub mod demo;
 pub mod gemini;
+pub mod redact;
 pub mod run;
 pub mod server;
 pub mod sim;
