@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod gemini;
 pub mod loadtest;
+pub mod redact;
 pub mod run;
 pub mod server;
 pub mod sim;

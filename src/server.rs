@@ -34,6 +34,7 @@ use crate::call::tools::{HttpToolExecutor, ToolExecutor};
 use crate::config::Config;
 use crate::gemini::connect::Credential;
 use crate::stats::BridgeStats;
+use crate::redact::redact_text;
 use crate::twilio::signature::{self, SharedKey, SignedRequest, StreamTokens, Verifier};
 use crate::twilio::webhook;
 
@@ -240,7 +241,7 @@ async fn voice_webhook(
         match webhook::parse_form(&body) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(error = %e, "voice webhook with a malformed form body");
+                tracing::warn!(error = %redact_text(&e.to_string()), "voice webhook with a malformed form body");
                 return (StatusCode::BAD_REQUEST, "malformed form body\n").into_response();
             }
         }
@@ -258,7 +259,7 @@ async fn voice_webhook(
         let urls = webhook_urls(&state.config, &uri, &headers);
         let signed_params: &[(String, String)] = if json_body { &[] } else { &form };
         if let Err(why) = check_signature(&state, &urls, signed_params, &headers, body.as_bytes()) {
-            tracing::warn!(reason = %why, "voice webhook refused: bad signature");
+            tracing::warn!(reason = %redact_text(&why.to_string()), "voice webhook refused: bad signature");
             return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
         }
     }
@@ -341,7 +342,7 @@ async fn media_stream(
     if validate {
         let url = media_url(&state.config, &headers);
         if let Err(why) = check_signature(&state, std::slice::from_ref(&url), &[], &headers, b"") {
-            tracing::warn!(reason = %why, "media stream refused before the upgrade: bad signature");
+            tracing::warn!(reason = %redact_text(&why.to_string()), "media stream refused before the upgrade: bad signature");
             return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
         }
     }

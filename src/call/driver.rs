@@ -26,6 +26,7 @@ use super::tools::{ToolCallContext, ToolExecutor};
 use crate::config::WebhookToolConfig;
 use crate::gemini::connect::{self, ConnectError, Credential, ModelSocket};
 use crate::gemini::{setup, wire as gwire};
+use crate::redact::{redact_destination, redact_number, redact_text};
 use crate::twilio::wire as twire;
 use crate::twilio::wire::CallerEvent;
 
@@ -546,7 +547,7 @@ fn caller_input<E: std::fmt::Display>(
         Some(Ok(Message::Text(text))) => match twire::parse(text.as_str()) {
             Ok(ev) => vec![Input::Caller(ev)],
             Err(e) => {
-                tracing::warn!(error = %e, bytes = text.len(), "bad message from the caller leg ignored");
+                tracing::warn!(error = %redact_text(&e.to_string()), bytes = text.len(), "bad message from the caller leg ignored");
                 Vec::new()
             }
         },
@@ -578,7 +579,7 @@ async fn execute(ctx: &CallContext, action: CallAction) -> Option<(String, Resul
                 Some(control) => match control.hang_up(&call_sid).await {
                     Ok(()) => tracing::info!("call hung up through the provider's API"),
                     Err(e) => {
-                        tracing::warn!(error = %e, "hang-up through the provider's API failed; closing the stream")
+                        tracing::warn!(error = %redact_text(&e), "hang-up through the provider's API failed; closing the stream")
                     }
                 },
                 None => tracing::info!("no call control configured; ending the stream to hang up"),
@@ -615,8 +616,18 @@ async fn execute(ctx: &CallContext, action: CallAction) -> Option<(String, Resul
             });
             let result = control.update_twiml(&call_sid, &twiml).await;
             match &result {
-                Ok(()) => tracing::info!(destination = %destination, "call transferred"),
-                Err(e) => tracing::warn!(error = %e, destination = %destination, "transfer failed"),
+                // Destinations may be numbers or SIP URIs: only their redacted forms are logged.
+                Ok(()) => tracing::info!(
+                    destination = %redact_destination(&destination),
+                    target = %redact_number(&target),
+                    "call transferred"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %redact_text(e),
+                    destination = %redact_destination(&destination),
+                    target = %redact_number(&target),
+                    "transfer failed"
+                ),
             }
             Some((id, result))
         }
@@ -653,7 +664,12 @@ async fn execute(ctx: &CallContext, action: CallAction) -> Option<(String, Resul
                 Ok(()) => {
                     tracing::info!(digits = digits.len(), "digits sent; stream will reconnect")
                 }
-                Err(e) => tracing::warn!(error = %e, "sending digits failed"),
+                // Never the digits themselves: they may be a card or account number.
+                Err(e) => tracing::warn!(
+                    error = %redact_text(e),
+                    digits = digits.len(),
+                    "sending digits failed"
+                ),
             }
             Some((id, result))
         }
@@ -695,7 +711,7 @@ fn spawn_tool(
                     Ok(v)
                 }
                 Err(e) => {
-                    tracing::warn!(tool = %tool.name, ms, error = %e, "webhook tool failed");
+                    tracing::warn!(tool = %tool.name, ms, error = %redact_text(&e.to_string()), "webhook tool failed");
                     Err(e.for_model())
                 }
             };

@@ -266,7 +266,7 @@ impl ToolExecutor for HttpToolExecutor {
                     tracing::debug!(tool = %tool.name, id, elapsed_ms, "tool webhook answered")
                 }
                 Err(e) => {
-                    tracing::warn!(tool = %tool.name, id, elapsed_ms, kind = e.kind(), error = %e, "tool webhook failed")
+                    tracing::warn!(tool = %tool.name, id, elapsed_ms, kind = e.kind(), error = %crate::redact::redact_text(&e.to_string()), "tool webhook failed")
                 }
             }
             result

@@ -111,7 +111,7 @@ impl TwilioRest {
             match result {
                 Err(e) if e.transient() && attempt < self.retries => {
                     let wait = self.backoff * 2u32.pow(attempt);
-                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "twilio request failed; retrying");
+                    tracing::warn!(error = %crate::redact::redact_text(&e.to_string()), attempt, wait_ms = wait.as_millis() as u64, "twilio request failed; retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
