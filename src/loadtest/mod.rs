@@ -528,8 +528,25 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         }
         _ => None,
     };
-    let uplink_lost_frames = sim_in.map(|s| frames_sent as i64 - (s / 320) as i64);
+    // Every 8 kHz sample sent arrives as two 16 kHz samples, except what is still inside the
+    // uplink resampler when the caller hangs up (its delay, 13 input samples): a shortfall
+    // of a whole frame or more per call would be a lost frame.
+    let streams = metrics.streams_started.load(Relaxed).max(1);
+    let uplink_shortfall = sim_in.map(|s| (frames_sent * 320) as i64 - s as i64);
+    let uplink_lost_frames = uplink_shortfall.map(|d| {
+        let per_call = d as f64 / streams as f64;
+        if per_call < 320.0 {
+            0
+        } else {
+            d / 320
+        }
+    });
+    // Downlink: each turn's tail is padded to a whole frame (and carries the resampler's
+    // tail), so the caller may get up to 20 ms more per turn than the model sent; less would
+    // be lost audio.
+    let turns = metrics.agent_turns.load(Relaxed).max(1);
     let downlink_missing_ms = sim_out.map(|s| (s / 3) as i64 / 8 - received as i64 / 8);
+    let downlink_extra_ms_per_turn = downlink_missing_ms.map(|m| -(m as f64) / turns as f64);
 
     report["window_s"] = ((window_s * 10.0).round() / 10.0).into();
     report["calls_completed"] = calls_done.into();
@@ -560,8 +577,11 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
     report["model"] = json!({
         "audio_received_ms": sim_in.map(|s| s / 16),
         "audio_sent_ms": sim_out.map(|s| s / 24),
+        "uplink_shortfall_samples_16k": uplink_shortfall,
+        "uplink_shortfall_samples_per_call": uplink_shortfall.map(|d| (d as f64 / streams as f64 * 10.0).round() / 10.0),
         "uplink_lost_frames": uplink_lost_frames,
         "downlink_missing_ms": downlink_missing_ms,
+        "downlink_extra_ms_per_turn": downlink_extra_ms_per_turn.map(|v| (v * 10.0).round() / 10.0),
         "uplink_arrival_gap": sim_gap.as_ref().map(latency_json),
     });
     report["bridge"] = json!({
@@ -707,13 +727,13 @@ fn print_summary(r: &serde_json::Value) {
         g(&["latency", "runtime_lag", "max_us"])
     );
     println!(
-        "  caller: {} late frames, {} partial frames, marks {} received / {} echoed; model: uplink lost frames {}, downlink missing {} ms",
+        "  caller: {} late frames, {} partial frames, marks {} received / {} echoed; model: uplink lost frames {}, downlink extra {} ms per turn (frame padding)",
         g(&["caller", "late_frames"]),
         g(&["caller", "partial_frames"]),
         g(&["caller", "marks_received"]),
         g(&["caller", "marks_echoed"]),
         g(&["model", "uplink_lost_frames"]),
-        g(&["model", "downlink_missing_ms"]),
+        g(&["model", "downlink_extra_ms_per_turn"]),
     );
     println!(
         "  bridge: CPU {} ms per call-second ({} calls per core), RSS {} KiB per call (idle {} KiB, at load {} KiB, peak {} KiB)",
