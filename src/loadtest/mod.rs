@@ -411,6 +411,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
     });
     let window;
     let (before_stats, after_stats, before_proc, after_proc);
+    let (own_before, own_after);
     if let Some(soak) = args.soak_secs {
         // Keep `calls` going: start one per ramp gap while below the target.
         let end = t0 + Duration::from_secs(soak);
@@ -422,6 +423,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
             Option<serde_json::Value>,
             Option<procfs::ProcSample>,
         )> = None;
+        let mut m_own = None;
         while Instant::now() < end {
             let live = metrics.calls_started.load(Relaxed)
                 - metrics.calls_completed.load(Relaxed)
@@ -442,15 +444,18 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
                     bridge_stats(&client, &bridge.http).await,
                     bridge.sample(),
                 ));
+                m_own = procfs::sample(std::process::id());
             }
             tokio::time::sleep(ramp_gap).await;
         }
         let (m_at, m_stats, m_proc) = marked.unwrap_or((t0, None, idle));
+        own_before = m_own;
         window = m_at.elapsed();
         before_stats = m_stats;
         after_stats = bridge_stats(&client, &bridge.http).await;
         before_proc = m_proc;
         after_proc = bridge.sample();
+        own_after = procfs::sample(std::process::id());
         report["mode"] = "soak".into();
         report["soak_secs"] = soak.into();
         report["call_secs"] = args.call_secs.into();
@@ -466,10 +471,12 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         let w0 = Instant::now();
         before_stats = bridge_stats(&client, &bridge.http).await;
         before_proc = bridge.sample();
+        own_before = procfs::sample(std::process::id());
         tokio::time::sleep_until(end_at.into()).await;
         window = w0.elapsed();
         after_stats = bridge_stats(&client, &bridge.http).await;
         after_proc = bridge.sample();
+        own_after = procfs::sample(std::process::id());
         report["mode"] = "steady".into();
         report["hold_secs"] = args.hold_secs.into();
     }
@@ -519,6 +526,13 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         _ => None,
     };
     let cpu_ms_per_call_s = cpu_s.map(|c| 1000.0 * c / call_seconds.max(1e-9));
+    // The load generator and simulator share the machine: their cost, for context.
+    let own_cpu_ms_per_call_s = match (own_before, own_after) {
+        (Some(a), Some(b)) => {
+            Some(1000.0 * b.cpu.saturating_sub(a.cpu).as_secs_f64() / call_seconds.max(1e-9))
+        }
+        _ => None,
+    };
     let rss_per_call_kib = match (idle, after_proc) {
         (Some(i), Some(a)) if args.soak_secs.is_none() => {
             Some((a.rss_kib.saturating_sub(i.rss_kib)) as f64 / args.calls as f64)
@@ -597,6 +611,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         "calls_per_core": cpu_ms_per_call_s.map(|v| (1000.0 / v.max(1e-9)).round()),
         "rss_kib_per_call": rss_per_call_kib.map(|v| v.round()),
         "live_calls_at_window_end": live_at_end,
+        "load_generator_cpu_ms_per_call_second": own_cpu_ms_per_call_s.map(|v| (v * 1000.0).round() / 1000.0),
         "live_calls_after": final_stats.as_ref().and_then(|s| s.get("live_calls")).cloned(),
         "frames_to_model": final_stats.as_ref().and_then(|s| s.get("frames_to_model")).cloned(),
         "frames_to_caller": final_stats.as_ref().and_then(|s| s.get("frames_to_caller")).cloned(),
@@ -743,6 +758,10 @@ fn print_summary(r: &serde_json::Value) {
         g(&["bridge", "idle_rss_kib"]),
         g(&["bridge", "rss_kib_at_load"]),
         g(&["bridge", "peak_rss_kib"]),
+    );
+    println!(
+        "  load generator + simulator (same machine): CPU {} ms per call-second",
+        g(&["bridge", "load_generator_cpu_ms_per_call_second"]),
     );
     if r.get("memory").is_some() {
         println!(
