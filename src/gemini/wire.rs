@@ -19,6 +19,8 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::json_fast::Obj;
+
 /// What the model told us, parsed from one server frame (one frame may give several events).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelEvent {
@@ -253,8 +255,9 @@ fn decompose_generic(text: &str) -> Result<Vec<ModelEvent>, WireError> {
 // Almost every frame during a model turn is
 // `{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm;rate=24000",
 // "data":"<base64>"}}]}}}`. These types accept exactly that shape (objects where objects
-// are, see `Obj`; camelCase only, no other members, no duplicates, no nulls, strings
-// without escapes so they borrow from the frame) and nothing else; `audio_only` also gives up on any other mime type and on base64 that
+// are, see `crate::json_fast::Obj`; camelCase only, no other members, no duplicates, no
+// nulls, strings without escapes so they borrow from the frame) and nothing else;
+// `audio_only` also gives up on any other mime type and on base64 that
 // the standard alphabet does not decode. Whenever it gives up, `decompose` takes the generic
 // path, which then produces the same events or error it always did. When it succeeds, the
 // generic path would have produced the same events: the only member is `serverContent`, it
@@ -296,27 +299,6 @@ struct FastInline<'a> {
     #[serde(rename = "mimeType")]
     mime_type: &'a str,
     data: &'a str,
-}
-
-/// A struct that must come as a JSON object. Derived `Deserialize` also accepts a JSON array
-/// of the field values in order, which the generic path rejects (`WrongType`).
-struct Obj<T>(T);
-
-impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ObjectOnly<T>(std::marker::PhantomData<T>);
-        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(ObjectOnly(std::marker::PhantomData))
-            .map(Obj)
-    }
 }
 
 /// The events of an audio-only `serverContent` frame, or None to take the generic path.
