@@ -462,7 +462,7 @@ impl Polyphase {
         let len = spec.rounded_len();
         let phases = oversampling;
         let num = phases as u64 * u64::from(spec.rate_in);
-        if num % u64::from(spec.rate_out) != 0 {
+        if !num.is_multiple_of(u64::from(spec.rate_out)) {
             return Err("output instants are not on a sinc phase".into());
         }
         let step = (num / u64::from(spec.rate_out)) as usize;
