@@ -19,6 +19,7 @@ pub mod call;
 pub mod config;
 pub mod demo;
 pub mod gemini;
+mod json_fast;
 pub mod loadtest;
 pub mod redact;
 pub mod run;

@@ -1,4 +1,4 @@
-//! Streaming fixed-ratio resampling for the two call legs, built on rubato's sinc resampler.
+//! Streaming fixed-ratio resampling for the two call legs, designed by rubato's sinc resampler.
 //!
 //! Owns the filter design (window, length, cutoff), the exact delay bookkeeping and the
 //! streaming wrapper that lets callers push any number of samples per call without
@@ -53,6 +53,20 @@
 //! [`StreamResampler::delay`] reports the latency (the honest, larger number);
 //! [`StreamResampler::group_delay`] the correlation offset. Tests measure both. Nothing is
 //! trimmed: the first output samples are the filter's response to the zero history.
+//!
+//! # Fast path
+//!
+//! rubato stays the filter designer and the reference, but its streaming loop costs far more
+//! than the dot products it computes (per-sample adapter writes, f64 index arithmetic,
+//! floor/round per output, buffer copies). Since the configuration above is an exact,
+//! linear time-invariant polyphase FIR, [`StreamResampler::new`] reads the tap tables off
+//! rubato's impulse responses at construction and filters with a small hand-written
+//! polyphase loop (`Polyphase`) that follows rubato's positions and emission rule exactly:
+//! same outputs (to float rounding; the sums are taken in a different order), same number
+//! of them after every call, same zero-history start. The extraction checks rubato's
+//! behaviour against that model and falls back to rubato's loop if it ever disagrees (it
+//! does for ratios whose step is not exact in binary, e.g. 8 → 24 kHz).
+//! [`StreamResampler::new_rubato`] builds the reference; `tests/audio_fastpath.rs` compares.
 
 use std::time::Duration;
 
@@ -168,19 +182,29 @@ impl ResamplerSpec {
 /// input so far determines. All buffers are allocated in [`StreamResampler::new`].
 pub struct StreamResampler {
     spec: ResamplerSpec,
-    inner: Async<f32>,
-    /// rubato writes here; sized to its maximum output for `max_chunk` input frames.
+    engine: Engine,
+    /// The engine writes here; sized to its maximum output for `max_chunk` input frames.
     scratch: Vec<f32>,
     /// Total input frames pushed since the last reset.
     frames_in: u64,
     /// Total output frames emitted since the last reset.
     frames_out: u64,
+    /// rubato's `output_delay()` for this spec, kept for reporting.
+    rubato_output_delay: usize,
+}
+
+/// What does the filtering: the polyphase FIR extracted from rubato (the normal case), or
+/// rubato's own streaming loop (the reference, and the fallback should extraction fail).
+enum Engine {
+    Fast(Polyphase),
+    Rubato(Box<Async<f32>>),
 }
 
 impl std::fmt::Debug for StreamResampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamResampler")
             .field("spec", &self.spec)
+            .field("fast", &self.is_fast())
             .field("frames_in", &self.frames_in)
             .field("frames_out", &self.frames_out)
             .finish()
@@ -188,8 +212,21 @@ impl std::fmt::Debug for StreamResampler {
 }
 
 impl StreamResampler {
-    /// Builds the resampler and all its buffers.
+    /// Builds the resampler and all its buffers: designs the filter with rubato, extracts its
+    /// polyphase taps and runs them in [`Polyphase`] (see the module docs). Falls back to
+    /// rubato's own loop, with a warning, if rubato does not behave as that engine assumes.
     pub fn new(spec: ResamplerSpec) -> Result<Self, ResampleError> {
+        Self::build(spec, true)
+    }
+
+    /// Builds the resampler on rubato's own streaming loop, without the extracted polyphase
+    /// engine: same output (to float rounding), several times slower. The reference the fast
+    /// path is tested against.
+    pub fn new_rubato(spec: ResamplerSpec) -> Result<Self, ResampleError> {
+        Self::build(spec, false)
+    }
+
+    fn build(spec: ResamplerSpec, fast: bool) -> Result<Self, ResampleError> {
         let unsupported = ResampleError::UnsupportedRatio {
             from: spec.rate_in,
             to: spec.rate_out,
@@ -198,26 +235,41 @@ impl StreamResampler {
         if spec.max_chunk == 0 {
             return Err(ResampleError::ZeroChunk(spec.max_chunk));
         }
-        let params = SincInterpolationParameters::new(spec.sinc_len, spec.window)
-            .f_cutoff(spec.f_cutoff)
-            .oversampling_factor(oversampling)
-            .interpolation(SincInterpolationType::Nearest);
-        let ratio = f64::from(spec.rate_out) / f64::from(spec.rate_in);
-        let inner =
-            Async::<f32>::new_sinc(ratio, 1.0, &params, spec.max_chunk, 1, FixedAsync::Input)
-                .map_err(|source| ResampleError::Construction {
-                    from: spec.rate_in,
-                    to: spec.rate_out,
-                    source,
-                })?;
-        let scratch = vec![0.0; inner.output_frames_max()];
+        let inner = build_rubato(&spec, oversampling, spec.max_chunk)?;
+        let rubato_output_delay = inner.output_delay();
+        let mut scratch_len = inner.output_frames_max();
+        let engine = if fast {
+            match Polyphase::extract(&spec, oversampling) {
+                Ok(poly) => {
+                    scratch_len = scratch_len.max(poly.max_output(spec.max_chunk));
+                    Engine::Fast(poly)
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        from = spec.rate_in,
+                        to = spec.rate_out,
+                        %reason,
+                        "polyphase extraction failed; resampling with rubato's loop"
+                    );
+                    Engine::Rubato(Box::new(inner))
+                }
+            }
+        } else {
+            Engine::Rubato(Box::new(inner))
+        };
         Ok(StreamResampler {
             spec,
-            inner,
-            scratch,
+            engine,
+            scratch: vec![0.0; scratch_len],
             frames_in: 0,
             frames_out: 0,
+            rubato_output_delay,
         })
+    }
+
+    /// Whether the extracted polyphase engine is running (false: rubato's own loop).
+    pub fn is_fast(&self) -> bool {
+        matches!(self.engine, Engine::Fast(_))
     }
 
     /// The design this resampler was built from.
@@ -247,7 +299,7 @@ impl StreamResampler {
     /// rubato's own `output_delay()` figure (output frames), for reporting; see the module
     /// docs for why it is not used.
     pub fn rubato_output_delay(&self) -> usize {
-        self.inner.output_delay()
+        self.rubato_output_delay
     }
 
     /// Total input frames pushed since construction or the last reset.
@@ -274,7 +326,7 @@ impl StreamResampler {
         // A small stack block of zeros keeps this allocation-free.
         const ZEROS: [f32; 64] = [0.0; 64];
         while frames > 0 {
-            let take = frames.min(ZEROS.len());
+            let take = frames.min(ZEROS.len()).min(self.spec.max_chunk);
             let n = self.run_chunk(&ZEROS[..take]);
             sink(&self.scratch[..n]);
             frames -= take;
@@ -285,12 +337,14 @@ impl StreamResampler {
     /// input has been produced, and stops exactly there (the output then holds
     /// `ceil(frames_in × ratio + group_delay)` samples in total). Then resets.
     pub fn flush(&mut self, mut sink: impl FnMut(&[f32])) {
+        const ZEROS: [f32; 8] = [0.0; 8];
         let ratio = f64::from(self.spec.rate_out) / f64::from(self.spec.rate_in);
         let target =
             (self.frames_in as f64 * ratio + self.group_delay_output_samples()).ceil() as u64;
         while self.frames_out < target {
             let before = self.frames_out;
-            let n = self.run_chunk(&[0.0; 8]);
+            let take = ZEROS.len().min(self.spec.max_chunk);
+            let n = self.run_chunk(&ZEROS[..take]);
             let keep = (target - before).min(n as u64) as usize;
             sink(&self.scratch[..keep]);
             self.frames_out = before + keep as u64;
@@ -300,41 +354,240 @@ impl StreamResampler {
 
     /// Drops all filter history, as if newly built.
     pub fn reset(&mut self) {
-        self.inner.reset();
+        match &mut self.engine {
+            Engine::Fast(poly) => poly.reset(),
+            Engine::Rubato(inner) => inner.reset(),
+        }
         self.frames_in = 0;
         self.frames_out = 0;
     }
 
-    /// Runs one rubato call on `piece` (1..=max_chunk frames); returns output frames written
-    /// to `scratch`.
+    /// Runs the engine on `piece` (1..=max_chunk frames); returns output frames written to
+    /// `scratch`.
     fn run_chunk(&mut self, piece: &[f32]) -> usize {
         if piece.is_empty() {
             return 0;
         }
-        // Cannot fail: piece.len() is in 1..=max_chunk by construction of every caller.
-        if self.inner.set_chunk_size(piece.len()).is_err() {
-            debug_assert!(false, "chunk size {} rejected", piece.len());
-            return 0;
+        let written = match &mut self.engine {
+            Engine::Fast(poly) => poly.process(piece, &mut self.scratch),
+            Engine::Rubato(inner) => run_rubato(inner, piece, &mut self.scratch),
+        };
+        self.frames_in += piece.len() as u64;
+        self.frames_out += written as u64;
+        written
+    }
+}
+
+/// rubato's resampler for `spec`, taking up to `max_chunk` input frames per call.
+fn build_rubato(
+    spec: &ResamplerSpec,
+    oversampling: usize,
+    max_chunk: usize,
+) -> Result<Async<f32>, ResampleError> {
+    let params = SincInterpolationParameters::new(spec.sinc_len, spec.window)
+        .f_cutoff(spec.f_cutoff)
+        .oversampling_factor(oversampling)
+        .interpolation(SincInterpolationType::Nearest);
+    let ratio = f64::from(spec.rate_out) / f64::from(spec.rate_in);
+    Async::<f32>::new_sinc(ratio, 1.0, &params, max_chunk, 1, FixedAsync::Input).map_err(|source| {
+        ResampleError::Construction {
+            from: spec.rate_in,
+            to: spec.rate_out,
+            source,
         }
-        let Ok(input) = InterleavedSlice::new(piece, 1, piece.len()) else {
-            return 0;
-        };
-        let frames = self.scratch.len();
-        let Ok(mut output) = InterleavedSlice::new_mut(&mut self.scratch[..], 1, frames) else {
-            return 0;
-        };
-        match self.inner.process_into_buffer(&input, &mut output, None) {
-            Ok((_, written)) => {
-                self.frames_in += piece.len() as u64;
-                self.frames_out += written as u64;
-                written
-            }
-            Err(e) => {
-                // Only reachable through a bug in the size bookkeeping above.
-                debug_assert!(false, "rubato process failed: {e}");
-                tracing::error!(error = %e, "resampler rejected a chunk");
-                0
-            }
+    })
+}
+
+/// One rubato call on `piece` (1..=its max chunk frames); returns output frames written to
+/// `out`, which must hold `output_frames_max()` frames.
+fn run_rubato(inner: &mut Async<f32>, piece: &[f32], out: &mut [f32]) -> usize {
+    // Cannot fail: piece.len() is in 1..=max_chunk by construction of every caller.
+    if inner.set_chunk_size(piece.len()).is_err() {
+        debug_assert!(false, "chunk size {} rejected", piece.len());
+        return 0;
+    }
+    let Ok(input) = InterleavedSlice::new(piece, 1, piece.len()) else {
+        return 0;
+    };
+    let frames = out.len();
+    let Ok(mut output) = InterleavedSlice::new_mut(out, 1, frames) else {
+        return 0;
+    };
+    match inner.process_into_buffer(&input, &mut output, None) {
+        Ok((_, written)) => written,
+        Err(e) => {
+            // Only reachable through a bug in the size bookkeeping above.
+            debug_assert!(false, "rubato process failed: {e}");
+            tracing::error!(error = %e, "resampler rejected a chunk");
+            0
         }
     }
+}
+
+/// The polyphase FIR that rubato's `Async` sinc resampler is at an exact integer ratio with
+/// `Nearest` interpolation, run without rubato's per-call and per-sample overhead.
+///
+/// Positions are counted in `1/phases` of an input sample. Output `k` (from 0 after a reset)
+/// sits at `G_k = (k + 1)·step − (len − 1)·phases`; its window starts at input
+/// `n_k = floor(G_k / phases)` and it uses tap table `G_k mod phases`:
+/// `y[k] = Σ_p taps[G_k mod phases][p] · x[n_k + p]`, with `x[j] = 0` for `j < 0`. It is
+/// emitted once `G_k ≤ (N − len − 1)·phases`, `N` being the input frames so far (rubato's
+/// emission rule, which waits for one input sample beyond the window). The taps are read
+/// off rubato's impulse responses, so nothing here depends on how rubato designs them.
+struct Polyphase {
+    /// Taps per phase (rubato's `sinc_len` rounded up to a multiple of 8).
+    len: usize,
+    /// Number of phases (the oversampling factor).
+    phases: usize,
+    /// `phases` tables of `len` taps, phase-major.
+    taps: Vec<f32>,
+    /// Distance between consecutive outputs, in whole input samples and extra phases.
+    step_whole: usize,
+    step_frac: usize,
+    /// Input history: `hist[..fill]` holds the samples from the next window onwards.
+    hist: Vec<f32>,
+    fill: usize,
+    /// Window start (index into `hist`) and phase of the next output.
+    start: usize,
+    phase: usize,
+}
+
+impl Polyphase {
+    /// Reads the taps off rubato: one fresh rubato resampler per impulse position, one input
+    /// sample per call. Checks at every call that rubato emits exactly as many outputs as
+    /// the model in the type docs predicts, that every output not touching the impulse is
+    /// exactly zero, and that every tap of every phase was seen; any surprise is an error
+    /// (the caller then keeps rubato).
+    fn extract(spec: &ResamplerSpec, oversampling: usize) -> Result<Polyphase, String> {
+        let len = spec.rounded_len();
+        let phases = oversampling;
+        let num = phases as u64 * u64::from(spec.rate_in);
+        if !num.is_multiple_of(u64::from(spec.rate_out)) {
+            return Err("output instants are not on a sinc phase".into());
+        }
+        let step = (num / u64::from(spec.rate_out)) as usize;
+        // rubato steps its read position by `1 / ratio` in f64 and counts outputs with floor
+        // and round on it. The model below is exact only if that arithmetic is: the step must
+        // come out exactly as `step / phases` with a power-of-two `phases` (true for 8 → 16
+        // kHz and, since 1.0 / (1/3) rounds to exactly 3.0, for 24 → 8 kHz; not for 8 → 24
+        // kHz, where the accumulated 1/3 steps round and the output count drifts by one).
+        let t_ratio = 1.0 / (f64::from(spec.rate_out) / f64::from(spec.rate_in));
+        if !phases.is_power_of_two() || t_ratio * phases as f64 != step as f64 {
+            return Err(format!(
+                "rubato's position step {t_ratio} is not exact in binary; its output is not \
+                 a fixed polyphase FIR"
+            ));
+        }
+        let mut probe = build_rubato(spec, oversampling, 1).map_err(|e| e.to_string())?;
+        let mut out = vec![0.0f32; probe.output_frames_max()];
+        let mut taps = vec![f32::NAN; phases * len];
+        let (p_i, step_i, lead) = (phases as i64, step as i64, len as i64 - 1);
+        // One impulse per residue of its position modulo the output spacing: together they
+        // meet every tap of every phase.
+        for j in 0..step {
+            probe.reset();
+            let at = len + j;
+            let mut k: i64 = 0;
+            for i in 0..at + len + 2 * step + 4 {
+                let x = [if i == at { 1.0f32 } else { 0.0 }];
+                let written = run_rubato(&mut probe, &x, &mut out);
+                let n = i as i64 + 1;
+                let expected = if n >= 2 { (n - 2) * p_i / step_i } else { 0 };
+                if k + written as i64 != expected {
+                    return Err(format!(
+                        "rubato emitted {} outputs after {n} inputs, model says {expected}",
+                        k + written as i64
+                    ));
+                }
+                for &y in &out[..written] {
+                    let g = (k + 1) * step_i - lead * p_i;
+                    let (first, phase) = (g.div_euclid(p_i), g.rem_euclid(p_i) as usize);
+                    let offset = at as i64 - first;
+                    if (0..len as i64).contains(&offset) {
+                        taps[phase * len + offset as usize] = y;
+                    } else if y != 0.0 {
+                        return Err(format!("output {k} = {y} outside the impulse's reach"));
+                    }
+                    k += 1;
+                }
+            }
+        }
+        if taps.iter().any(|t| t.is_nan()) {
+            return Err("some taps were never observed".into());
+        }
+        let mut poly = Polyphase {
+            len,
+            phases,
+            taps,
+            step_whole: step / phases,
+            step_frac: step % phases,
+            hist: vec![0.0; spec.max_chunk + len + 2],
+            fill: 0,
+            start: 0,
+            phase: 0,
+        };
+        poly.reset();
+        Ok(poly)
+    }
+
+    /// Most outputs one call with `max_chunk` input frames can produce.
+    fn max_output(&self, max_chunk: usize) -> usize {
+        let step = self.step_whole * self.phases + self.step_frac;
+        max_chunk * self.phases / step + 2
+    }
+
+    /// Zero history: `x[-(len-1)..0]` are zeros at `hist[..len-1]`, so output 0's window
+    /// (`n_0 = floor(step/phases) − (len − 1)`) starts at `hist[step_whole]`.
+    fn reset(&mut self) {
+        self.fill = self.len - 1;
+        self.hist[..self.fill].fill(0.0);
+        self.start = self.step_whole;
+        self.phase = self.step_frac;
+    }
+
+    /// Appends `input` (at most the `max_chunk` the history was sized for) and writes every
+    /// output it completes to `out`; returns how many.
+    fn process(&mut self, input: &[f32], out: &mut [f32]) -> usize {
+        let (len, phases) = (self.len, self.phases);
+        self.hist[self.fill..self.fill + input.len()].copy_from_slice(input);
+        self.fill += input.len();
+        let limit = self.fill * phases;
+        let mut n = 0;
+        while (self.start + len + 1) * phases + self.phase <= limit {
+            let window = &self.hist[self.start..self.start + len];
+            let taps = &self.taps[self.phase * len..(self.phase + 1) * len];
+            out[n] = dot(window, taps);
+            n += 1;
+            self.start += self.step_whole;
+            self.phase += self.step_frac;
+            if self.phase >= phases {
+                self.phase -= phases;
+                self.start += 1;
+            }
+        }
+        // Keep only what later windows need.
+        let drop = self.start.min(self.fill);
+        self.hist.copy_within(drop..self.fill, 0);
+        self.fill -= drop;
+        self.start -= drop;
+        n
+    }
+}
+
+/// Dot product with eight independent accumulators, so LLVM can vectorise it without being
+/// allowed to reassociate float additions.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut tail = 0.0;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    for (x, y) in ca.zip(cb) {
+        for ((s, p), q) in acc.iter_mut().zip(x).zip(y) {
+            *s += p * q;
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }

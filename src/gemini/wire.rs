@@ -19,6 +19,8 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::json_fast::Obj;
+
 /// What the model told us, parsed from one server frame (one frame may give several events).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelEvent {
@@ -176,6 +178,14 @@ const KNOWN_TOP_LEVEL: [&str; 7] = [
 /// every key are accepted as well as the canonical camelCase.
 pub fn decompose(frame: &[u8]) -> Result<Vec<ModelEvent>, WireError> {
     let text = std::str::from_utf8(frame)?;
+    if let Some(events) = audio_only(text) {
+        return Ok(events);
+    }
+    decompose_generic(text)
+}
+
+/// [`decompose`] without the fast path: any frame, through a `serde_json::Value`.
+fn decompose_generic(text: &str) -> Result<Vec<ModelEvent>, WireError> {
     let value: Value = serde_json::from_str(text)?;
     let Value::Object(top) = value else {
         return Err(WireError::NotObject {
@@ -238,6 +248,75 @@ pub fn decompose(frame: &[u8]) -> Result<Vec<ModelEvent>, WireError> {
         }
     }
     Ok(events)
+}
+
+// ---- fast path for the hot frame ------------------------------------------------------
+//
+// Almost every frame during a model turn is
+// `{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm;rate=24000",
+// "data":"<base64>"}}]}}}`. These types accept exactly that shape (objects where objects
+// are, see `crate::json_fast::Obj`; camelCase only, no other members, no duplicates, no
+// nulls, strings without escapes so they borrow from the frame) and nothing else;
+// `audio_only` also gives up on any other mime type and on base64 that
+// the standard alphabet does not decode. Whenever it gives up, `decompose` takes the generic
+// path, which then produces the same events or error it always did. When it succeeds, the
+// generic path would have produced the same events: the only member is `serverContent`, it
+// holds only `modelTurn`, and each part is audio `inlineData` with a 24 kHz PCM mime type,
+// whose data the generic path decodes with the same engine (a string the standard alphabet
+// accepts has no `-` or `_`, so the generic path picks that alphabet too).
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastFrame<'a> {
+    #[serde(rename = "serverContent", borrow)]
+    server_content: Obj<FastContent<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastContent<'a> {
+    #[serde(rename = "modelTurn", borrow)]
+    model_turn: Obj<FastTurn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastTurn<'a> {
+    #[serde(borrow)]
+    parts: Vec<Obj<FastPart<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastPart<'a> {
+    #[serde(rename = "inlineData", borrow)]
+    inline_data: Obj<FastInline<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastInline<'a> {
+    #[serde(rename = "mimeType")]
+    mime_type: &'a str,
+    data: &'a str,
+}
+
+/// The events of an audio-only `serverContent` frame, or None to take the generic path.
+fn audio_only(text: &str) -> Option<Vec<ModelEvent>> {
+    let Obj(frame) = serde_json::from_str::<Obj<FastFrame<'_>>>(text).ok()?;
+    let parts = frame.server_content.0.model_turn.0.parts;
+    let mut events = Vec::with_capacity(parts.len());
+    for Obj(part) in parts {
+        let inline = part.inline_data.0;
+        if !matches!(inline.mime_type, "audio/pcm;rate=24000" | "audio/pcm") {
+            return None;
+        }
+        let pcm = STANDARD_LENIENT.decode(inline.data).ok()?;
+        if !pcm.is_empty() {
+            events.push(ModelEvent::Audio(pcm));
+        }
+    }
+    Some(events)
 }
 
 fn server_content(sc: &Map<String, Value>, events: &mut Vec<ModelEvent>) -> Result<(), WireError> {
@@ -740,6 +819,52 @@ mod tests {
             "toolCallCancellation"
         );
         assert_eq!(snake_to_camel("goAway"), "goAway");
+    }
+
+    #[test]
+    fn audio_fast_path_agrees_with_generic_path_or_declines() {
+        let frame =
+            |body: &str| format!(r#"{{"serverContent":{{"modelTurn":{{"parts":[{body}]}}}}}}"#);
+        let audio = |mime: &str, data: &str| {
+            format!(r#"{{"inlineData":{{"mimeType":"{mime}","data":"{data}"}}}}"#)
+        };
+        let taken = [
+            frame(&audio("audio/pcm;rate=24000", "AAEC")),
+            frame(&audio("audio/pcm", "AAECAw")),
+            frame(&audio("audio/pcm", "")),
+            frame(""),
+            frame(&[audio("audio/pcm", "AAEC"), audio("audio/pcm;rate=24000", "+/8=")].join(",")),
+            r#" { "serverContent" : { "modelTurn" : { "parts" : [ { "inlineData" : { "data" : "AAEC" , "mimeType" : "audio/pcm" } } ] } } } "#.to_owned(),
+        ];
+        for text in &taken {
+            let fast = audio_only(text).unwrap_or_else(|| panic!("declined {text}"));
+            assert_eq!(fast, decompose_generic(text).unwrap(), "{text}");
+            assert_eq!(decompose(text.as_bytes()).unwrap(), fast);
+        }
+        let declined = [
+            // Arrays where objects belong (derived Deserialize would take them as structs).
+            r#"{"serverContent":[[[{"inlineData":{"mimeType":"audio/pcm","data":"AAEC"}}]]]}"#
+                .to_owned(),
+            r#"{"serverContent":{"modelTurn":{"parts":[[["audio/pcm","AAEC"]]]}}}"#.to_owned(),
+            r#"[{"modelTurn":{"parts":[]}}]"#.to_owned(),
+            // Other mime types, spellings, members, nulls, escapes, alphabets, duplicates.
+            frame(&audio("audio/PCM;rate=24000", "AAEC")),
+            frame(&audio("audio/pcm;rate=16000", "AAEC")),
+            frame(&audio("image/png", "AAEC")),
+            frame(&audio("audio/pcm", "-_8")),
+            frame(&audio("audio/pcm", "A")),
+            frame(&audio("audio/pcm", r"AA\/C")),
+            frame(r#"{"inlineData":{"mimeType":"audio/pcm","data":null}}"#),
+            frame(r#"{"inline_data":{"mimeType":"audio/pcm","data":"AAEC"}}"#),
+            frame(r#"{"inlineData":{"mimeType":"audio/pcm","data":"AAEC"},"text":"hi"}"#),
+            frame(r#"{"inlineData":{"mimeType":"audio/pcm","data":"AAEC","data":"AAEC"}}"#),
+            r#"{"serverContent":{"modelTurn":{"parts":[]},"turnComplete":true}}"#.to_owned(),
+            r#"{"serverContent":{"modelTurn":{"parts":[]}},"usageMetadata":{}}"#.to_owned(),
+            r#"{"server_content":{"modelTurn":{"parts":[]}}}"#.to_owned(),
+        ];
+        for text in &declined {
+            assert!(audio_only(text).is_none(), "took {text}");
+        }
     }
 
     #[test]
