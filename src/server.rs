@@ -33,8 +33,8 @@ use crate::call::machine::CallSettings;
 use crate::call::tools::{HttpToolExecutor, ToolExecutor};
 use crate::config::Config;
 use crate::gemini::connect::Credential;
-use crate::stats::BridgeStats;
 use crate::redact::redact_text;
+use crate::stats::BridgeStats;
 use crate::twilio::signature::{self, SharedKey, SignedRequest, StreamTokens, Verifier};
 use crate::twilio::webhook;
 

@@ -922,9 +922,7 @@ impl Call {
         if self.pending.len() >= FRAME_BYTES || self.final_mark_due() {
             // Wake when the lead has fallen to the refill point.
             let due = match self.queued_until {
-                Some(q) => q
-                    .checked_sub(self.refill_point())
-                    .unwrap_or(self.created),
+                Some(q) => q.checked_sub(self.refill_point()).unwrap_or(self.created),
                 None => self.created,
             };
             consider(Some(due));
@@ -2442,7 +2440,6 @@ mod tests {
         call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), t1);
         assert_eq!(media_count(&drain(&mut call)), 5);
     }
-
 
     #[test]
     fn end_of_turn_flushes_tail_and_final_mark_reports_heard() {
