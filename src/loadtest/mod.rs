@@ -244,7 +244,10 @@ max_call_secs = {max_secs}
             "RUST_LOG",
             std::env::var("CALLBRIDGE_LOADTEST_LOG").unwrap_or_else(|_| "info".into()),
         )
-        .stdout(std::process::Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| LoadError::Setup(format!("bridge log: {e}")))?,
+        )
         .stderr(log)
         .kill_on_drop(true);
     if let Some(n) = args.bridge_threads {
@@ -417,7 +420,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         let end = t0 + Duration::from_secs(soak);
         let call_len = Duration::from_secs(args.call_secs);
         let mut index = 0u64;
-        let warm = Duration::from_secs((2 * args.call_secs).min(soak / 2)) + ramp_time;
+        let warm = Duration::from_secs((3 * args.call_secs).max(soak / 2)) + ramp_time;
         let mut marked: Option<(
             Instant,
             Option<serde_json::Value>,
@@ -617,7 +620,12 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         "frames_to_caller": final_stats.as_ref().and_then(|s| s.get("frames_to_caller")).cloned(),
     });
     if args.soak_secs.is_some() {
-        report["memory"] = soak_memory(&samples, args.call_secs, ramp_time);
+        report["memory"] = soak_memory(
+            &samples,
+            args.call_secs,
+            ramp_time,
+            args.soak_secs.unwrap_or_default(),
+        );
     }
     report["rss_samples"] = samples
         .iter()
@@ -653,12 +661,23 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Memory after warm-up in a soak: does RSS settle? Warm-up is two call lifetimes after the
-/// ramp; after it, the least-squares slope of RSS against calls completed is the growth per
-/// call, and the spread shows whether it plateaued.
-fn soak_memory(samples: &[Sample], call_secs: u64, ramp: Duration) -> serde_json::Value {
-    let warm_s = ramp.as_secs_f64() + 2.0 * call_secs as f64;
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.at_s >= warm_s).collect();
+/// Memory after warm-up in a soak: does RSS settle? Warm-up is the first half of the run,
+/// and at least three call lifetimes after the ramp (the allocator's arenas and the call
+/// tables reach their working size over a few generations of calls); after it, the
+/// least-squares slope of RSS against calls completed is the growth per call, and the spread
+/// shows whether it plateaued.
+fn soak_memory(
+    samples: &[Sample],
+    call_secs: u64,
+    ramp: Duration,
+    soak_secs: u64,
+) -> serde_json::Value {
+    let warm_s = (ramp.as_secs_f64() + 3.0 * call_secs as f64).max(soak_secs as f64 / 2.0);
+    // Only while the calls were being kept up: the wind-down at the end frees memory.
+    let after: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at_s >= warm_s && s.at_s <= soak_secs as f64)
+        .collect();
     if after.len() < 3 {
         return json!({"note": "run too short for a warm-up plus a settled period"});
     }
