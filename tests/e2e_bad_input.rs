@@ -13,7 +13,6 @@
 mod common;
 
 use std::future::Future;
-use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,18 +36,7 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 // Log capture
 // ---------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use common::LogBuf;
 
 /// Installs (once) a subscriber that writes every `callbridge` event at debug and above,
 /// without colours, into a shared buffer. Call at the start of every test.

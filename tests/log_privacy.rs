@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -66,18 +65,7 @@ const TRANSCRIPT_LINES: [&str; 6] = [
 
 // ---- the in-memory subscriber ------------------------------------------------------------------
 
-#[derive(Clone)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use common::LogBuf;
 
 /// Installs (once) a global subscriber capturing every target at INFO and above, without
 /// timestamps (their microseconds could match a 6-digit window by chance) or colours.

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -33,18 +32,7 @@ use tower::ServiceExt;
 // Log capture
 // ---------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use common::LogBuf;
 
 /// Installs (once) a subscriber capturing `callbridge` events at debug and above.
 fn logs() -> &'static LogBuf {

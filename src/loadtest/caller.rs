@@ -161,11 +161,9 @@ pub async fn run(env: Arc<CallEnv>, index: u64, end_at: Instant) -> Result<(), S
                     let (name, _, got) = marks.pop_front().expect("checked");
                     m.mark_echo_delay.record(now - got);
                     seq += 1;
-                    let echo = format!(
-                        r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{stream_sid}","mark":{{"name":{}}}}}"#,
-                        serde_json::Value::from(name)
-                    );
-                    tx.feed(Message::text(echo)).await.map_err(send_err)?;
+                    tx.feed(Message::text(mark_echo(seq, &stream_sid, name)))
+                        .await
+                        .map_err(send_err)?;
                     m.marks_echoed.fetch_add(1, Relaxed);
                 }
                 let quiet = heard_since_spoke && now >= play_until + QUIET && marks.is_empty();
@@ -287,11 +285,9 @@ pub async fn run(env: Arc<CallEnv>, index: u64, end_at: Instant) -> Result<(), S
                         while let Some((name, _, got)) = marks.pop_front() {
                             m.mark_echo_delay.record(now - got);
                             seq += 1;
-                            let echo = format!(
-                                r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{stream_sid}","mark":{{"name":{}}}}}"#,
-                                serde_json::Value::from(name)
-                            );
-                            tx.feed(Message::text(echo)).await.map_err(send_err)?;
+                            tx.feed(Message::text(mark_echo(seq, &stream_sid, name)))
+                                .await
+                                .map_err(send_err)?;
                             m.marks_echoed.fetch_add(1, Relaxed);
                         }
                     }
@@ -300,6 +296,14 @@ pub async fn run(env: Arc<CallEnv>, index: u64, end_at: Instant) -> Result<(), S
             }
         }
     }
+}
+
+/// Twilio's `mark` message for a mark playback reached (or `clear` returned).
+fn mark_echo(seq: u64, stream_sid: &str, name: String) -> String {
+    format!(
+        r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{stream_sid}","mark":{{"name":{}}}}}"#,
+        serde_json::Value::from(name)
+    )
 }
 
 /// Decoded length of a padded base64 string.

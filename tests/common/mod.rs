@@ -21,6 +21,24 @@ pub const AUTH_TOKEN: &str = "test-auth-token";
 pub const API_KEY: &str = "test-api-key";
 pub const PUBLIC_URL: &str = "https://bridge.test.invalid";
 
+/// An in-memory log sink for tests that assert on what was logged (install it with
+/// `tracing_subscriber::fmt().with_writer(move || buf.clone())`).
+#[derive(Clone)]
+pub struct LogBuf(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A bridge wired to a Gemini simulator and a fake Twilio REST API.
 pub struct Harness {
     pub sim: GeminiSimHandle,
