@@ -315,11 +315,49 @@ struct Sample {
     completed: u64,
 }
 
-/// Runs the load test and prints (and optionally writes) the report.
-pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
+/// Longest run accepted, seconds: a load test is bounded in time.
+pub const MAX_RUN_SECS: u64 = 3600;
+
+/// Refuses runs that are unbounded or aimed away from this machine: the load generator only
+/// targets a bridge on loopback (it is not a tool for loading someone else's server).
+pub fn check_args(args: &LoadArgs) -> Result<(), LoadError> {
     if args.calls == 0 || !(args.ramp.is_finite() && args.ramp > 0.0) {
         return Err(LoadError::Setup("--calls and --ramp must be > 0".into()));
     }
+    let longest = args.soak_secs.unwrap_or(args.hold_secs).max(args.call_secs);
+    if longest > MAX_RUN_SECS {
+        return Err(LoadError::Setup(format!(
+            "runs are bounded: at most {MAX_RUN_SECS} s (asked for {longest} s)"
+        )));
+    }
+    if let Some(url) = &args.bridge {
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or_default();
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(LoadError::Setup(format!(
+                "--bridge must be on loopback (127.0.0.0/8, ::1 or localhost), not {host:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the load test and prints (and optionally writes) the report.
+pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
+    check_args(&args)?;
     let sim = match (&args.gemini_url, &args.bridge) {
         (None, None) => Some(
             GeminiSim::builder()
@@ -792,5 +830,44 @@ fn print_summary(r: &serde_json::Value) {
             g(&["memory", "calls_completed_after_warm_up"]),
             g(&["memory", "growth_kib_per_call"]),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadArgs,
+    }
+
+    fn args(extra: &[&str]) -> LoadArgs {
+        Cli::parse_from(std::iter::once("loadtest").chain(extra.iter().copied())).args
+    }
+
+    #[test]
+    fn only_loopback_bridges_and_bounded_runs() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:9000/",
+            "http://[::1]:8080",
+            "http://127.1.2.3",
+        ] {
+            assert!(check_args(&args(&["--bridge", ok])).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:8080",
+            "https://bridge.example.com",
+            "http://127.0.0.1.example.com:80",
+        ] {
+            assert!(check_args(&args(&["--bridge", bad])).is_err(), "{bad}");
+        }
+        assert!(check_args(&args(&["--hold-secs", "3601"])).is_err());
+        assert!(check_args(&args(&["--soak-secs", "7200"])).is_err());
+        assert!(check_args(&args(&["--calls", "0"])).is_err());
+        assert!(check_args(&args(&[])).is_ok());
     }
 }
