@@ -136,3 +136,23 @@ async fn webhook_answers_the_fallback_when_draining() {
         "{twiml}"
     );
 }
+
+#[tokio::test]
+async fn debug_stats_are_off_by_default_and_served_when_enabled() {
+    let get = || Request::get("/debug/stats").body(Body::empty()).unwrap();
+    let resp = app(state(|_| {})).oneshot(get()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    let st = state(|c| c.server.debug_stats = true);
+    st.stats
+        .uplink
+        .record(std::time::Duration::from_micros(150));
+    let resp = app(st).oneshot(get()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    assert_eq!(v["uplink"]["count"], 1);
+    assert!(v["uplink"]["p99_us"].as_u64().unwrap() >= 150);
+    assert_eq!(v["downlink"]["count"], 0);
+    assert_eq!(v["live_calls"], 0);
+    assert!(v["runtime_lag"]["buckets"].is_array());
+}
