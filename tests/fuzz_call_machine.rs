@@ -897,10 +897,7 @@ fn reconnect_backoff_after_a_setup_timeout_leaves_no_past_timeout() {
     s.reconnect_backoff = Duration::from_millis(250);
     s.max_reconnects = 4;
     let t0 = Instant::now();
-    let mut call = Call::new(Arc::new(s), t0).unwrap();
-    call.handle_input(Input::Caller(CallerEvent::Start(stream_start(1, true))), t0);
-    call.handle_input(Input::ModelConnected, t0);
-    call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+    let mut call = live_call(s, t0);
     // The model connection drops; the machine asks for a new one, which never completes.
     call.handle_input(
         Input::ModelClosed {
@@ -934,26 +931,34 @@ fn reconnect_backoff_after_a_setup_timeout_leaves_no_past_timeout() {
     );
 }
 
+/// A call with its stream started and its model session ready at `t0`.
+fn live_call(s: CallSettings, t0: Instant) -> Call {
+    let mut call = Call::new(Arc::new(s), t0).unwrap();
+    call.handle_input(Input::Caller(CallerEvent::Start(stream_start(1, true))), t0);
+    call.handle_input(Input::ModelConnected, t0);
+    call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+    call
+}
+
+/// The caller's first frame, loud enough to count as speech.
+fn loud_frame() -> Input {
+    Input::Caller(CallerEvent::Media(MediaFrame {
+        chunk: 1,
+        timestamp_ms: 0,
+        track: "inbound".into(),
+        payload: bytes(160, 0, true),
+    }))
+}
+
 /// Minimal reproduction of the second spin found by `next_timeout_is_in_the_future_after_a_tick`.
 #[test]
 fn go_away_waiting_for_a_quiet_moment_leaves_no_past_timeout() {
     let s = CallSettings::from_config(&Config::default());
     let t0 = Instant::now();
     let ms = Duration::from_millis;
-    let mut call = Call::new(Arc::new(s), t0).unwrap();
-    call.handle_input(Input::Caller(CallerEvent::Start(stream_start(1, true))), t0);
-    call.handle_input(Input::ModelConnected, t0);
-    call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+    let mut call = live_call(s, t0);
     // The caller speaks (a loud frame), so a reply is due and the line is not quiet.
-    call.handle_input(
-        Input::Caller(CallerEvent::Media(MediaFrame {
-            chunk: 1,
-            timestamp_ms: 0,
-            track: "inbound".into(),
-            payload: bytes(160, 0, true),
-        })),
-        t0,
-    );
+    call.handle_input(loud_frame(), t0);
     call.handle_input(Input::Model(ModelEvent::GoAway { time_left: None }), t0);
     while call.poll_output().is_some() {}
     // 600 ms later the machine wakes to look for a quiet moment; the reply is still due.
@@ -994,10 +999,7 @@ fn awaited_call_action_after_silence_leaves_no_past_timeout() {
     let s = CallSettings::from_config(&Config::default());
     let silence = s.silence_timeout.expect("silence timeout on by default");
     let t0 = Instant::now();
-    let mut call = Call::new(Arc::new(s), t0).unwrap();
-    call.handle_input(Input::Caller(CallerEvent::Start(stream_start(1, true))), t0);
-    call.handle_input(Input::ModelConnected, t0);
-    call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+    let mut call = live_call(s, t0);
     // The model presses keys; nothing is playing, so the action is handed over at once and
     // the machine awaits the provider's ActionDone.
     call.handle_input(
@@ -1046,20 +1048,9 @@ fn go_away_then_connection_lost_reconnects_and_leaves_no_past_timeout() {
     let s = CallSettings::from_config(&Config::default());
     assert!(s.max_reconnects > 0);
     let t0 = Instant::now();
-    let mut call = Call::new(Arc::new(s), t0).unwrap();
-    call.handle_input(Input::Caller(CallerEvent::Start(stream_start(1, true))), t0);
-    call.handle_input(Input::ModelConnected, t0);
-    call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+    let mut call = live_call(s, t0);
     // The caller speaks, so a reply is due and the handover waits for a quiet moment.
-    call.handle_input(
-        Input::Caller(CallerEvent::Media(MediaFrame {
-            chunk: 1,
-            timestamp_ms: 0,
-            track: "inbound".into(),
-            payload: bytes(160, 0, true),
-        })),
-        t0,
-    );
+    call.handle_input(loud_frame(), t0);
     call.handle_input(Input::Model(ModelEvent::GoAway { time_left: None }), t0);
     let outs: Vec<Output> = std::iter::from_fn(|| call.poll_output()).collect();
     assert!(
@@ -1102,10 +1093,7 @@ fn setup_timeout_with_no_backoff_retries_at_once_and_leaves_no_past_timeout() {
     s.reconnect_backoff = Duration::ZERO;
     s.idle_stream = Duration::from_secs(60);
     let t0 = Instant::now();
-    let mut call = Call::new(Arc::new(s), t0).unwrap();
-    call.handle_input(Input::Caller(CallerEvent::Start(stream_start(1, true))), t0);
-    call.handle_input(Input::ModelConnected, t0);
-    call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+    let mut call = live_call(s, t0);
     call.handle_input(
         Input::ModelClosed {
             code: 1006,
