@@ -13,18 +13,8 @@
 use callbridge::audio::transcode::{Downlink, Uplink};
 use proptest::prelude::*;
 
-/// `cases` unless `CALLBRIDGE_FUZZ_CASES` asks for another count.
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("CALLBRIDGE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+mod fuzz_support;
+use fuzz_support::config;
 
 /// Uplink output bytes for `n` μ-law bytes pushed since construction or reset: two 16 kHz
 /// samples per input sample, less the 4 output samples the resampler still holds, 2 bytes

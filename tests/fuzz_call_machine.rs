@@ -33,18 +33,8 @@ use callbridge::twilio::wire::{CallerEvent, MediaFrame, StreamStart};
 use proptest::prelude::*;
 use serde_json::json;
 
-/// `cases` unless `CALLBRIDGE_FUZZ_CASES` asks for another count.
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("CALLBRIDGE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+mod fuzz_support;
+use fuzz_support::config;
 
 // ---------------------------------------------------------------------------------------
 // Settings

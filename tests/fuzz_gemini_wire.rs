@@ -20,18 +20,8 @@ use callbridge::gemini::wire::{
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-/// `cases` unless `CALLBRIDGE_FUZZ_CASES` asks for another count.
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("CALLBRIDGE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+mod fuzz_support;
+use fuzz_support::config;
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

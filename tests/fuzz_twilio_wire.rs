@@ -20,19 +20,8 @@ use callbridge::twilio::wire::{parse, to_json, write_json, CallerCommand, Caller
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-/// `cases` unless `CALLBRIDGE_FUZZ_CASES` asks for another count.
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("CALLBRIDGE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        // No regression files next to the sources; failures print the minimal input.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+mod fuzz_support;
+use fuzz_support::config;
 
 /// Longest acceptable error message: the codec truncates echoed peer values.
 const MAX_ERROR_LEN: usize = 512;
