@@ -125,6 +125,158 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// Model connection handover (goAway) and fault recovery.
     pub session: SessionConfig,
+    /// `GET /metrics` (Prometheus).
+    pub metrics: MetricsConfig,
+    /// Model prices, for the estimated cost of each call.
+    pub pricing: PricingConfig,
+    /// One stored record per call (SQLite or PostgreSQL).
+    pub records: RecordsConfig,
+    /// Stereo WAV recordings of calls (off by default).
+    pub recording: RecordingConfig,
+    /// Operator JSON API, dashboard and browser phone.
+    pub operator: OperatorConfig,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` in the Prometheus text format (aggregates only: no numbers, no
+    /// transcripts, no call ids).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
+}
+
+/// `[pricing]` — model prices in USD per million tokens, by direction and modality, for the
+/// estimated cost of a call (`usageMetadata` token counts × these). Modalities the model
+/// reports without a price here (or tokens reported without a modality split) use the
+/// `*_other` price.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Prompt (input) TEXT tokens.
+    pub input_text: f64,
+    /// Prompt (input) AUDIO tokens.
+    pub input_audio: f64,
+    /// Prompt tokens of any other modality, or with no modality split.
+    pub input_other: f64,
+    /// Response (output) TEXT tokens.
+    pub output_text: f64,
+    /// Response (output) AUDIO tokens.
+    pub output_audio: f64,
+    /// Response tokens of any other modality, or with no modality split.
+    pub output_other: f64,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        // Gemini 2.5 Flash native-audio Live prices (USD per 1M tokens, paid tier).
+        PricingConfig {
+            input_text: 0.50,
+            input_audio: 3.00,
+            input_other: 3.00,
+            output_text: 2.00,
+            output_audio: 12.00,
+            output_other: 12.00,
+        }
+    }
+}
+
+impl PricingConfig {
+    /// USD per token for `direction` (`prompt` or `response`) and a modality as the model
+    /// names it (`TEXT`, `AUDIO`, …; any case).
+    pub fn per_token(&self, direction: &str, modality: &str) -> f64 {
+        let m = modality.to_ascii_uppercase();
+        let per_million = match (direction, m.as_str()) {
+            ("prompt", "TEXT") => self.input_text,
+            ("prompt", "AUDIO") => self.input_audio,
+            ("prompt", _) => self.input_other,
+            (_, "TEXT") => self.output_text,
+            (_, "AUDIO") => self.output_audio,
+            _ => self.output_other,
+        };
+        per_million / 1_000_000.0
+    }
+}
+
+/// `[records]`
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsConfig {
+    /// Store one record per call.
+    pub enabled: bool,
+    /// SQLite database file, created on first run (used when `database_url` is empty).
+    pub sqlite_path: String,
+    /// `postgres://user:pass@host/db` for several bridge instances sharing one store (or
+    /// `sqlite://path`). Env `CALLBRIDGE_DATABASE_URL`; it may hold a password, so it is never
+    /// logged.
+    #[serde(skip)]
+    pub database_url: Secret,
+    /// Keep transcripts and tool arguments in records (they are the callers' words).
+    pub transcripts: bool,
+    /// Recent records kept in memory for the dashboard when the store is slow or down.
+    pub recent_in_memory: usize,
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        RecordsConfig {
+            enabled: true,
+            sqlite_path: "callbridge.db".into(),
+            database_url: Secret::default(),
+            transcripts: true,
+            recent_in_memory: 200,
+        }
+    }
+}
+
+/// `[recording]`
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Write a stereo WAV per call (caller left, agent right, 8 kHz 16-bit, aligned in time).
+    pub enabled: bool,
+    /// Directory the files go to (created if missing).
+    pub dir: String,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            enabled: false,
+            dir: "recordings".into(),
+        }
+    }
+}
+
+/// `[operator]` — the JSON API under `/api/`, the dashboard and the browser phone. All of
+/// them need the bearer token from env `CALLBRIDGE_OPERATOR_TOKEN`; without it the API
+/// answers 503 and the dashboard says so.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// Serve `/dashboard` (the page itself holds no data; it calls the API with the token).
+    pub dashboard: bool,
+    /// Let the dashboard place browser-phone calls (same Media Streams protocol as Twilio).
+    pub browser_phone: bool,
+    /// Bearer token, from env `CALLBRIDGE_OPERATOR_TOKEN` only (at least 16 characters).
+    #[serde(skip)]
+    pub token: Secret,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            dashboard: true,
+            browser_phone: true,
+            token: Secret::default(),
+        }
+    }
 }
 
 /// `[session]` — keeping one conversation alive across model connections.
@@ -577,6 +729,12 @@ impl Config {
         if let Some(v) = get("GEMINI_API_KEY") {
             self.gemini.api_key = Secret::new(v);
         }
+        if let Some(v) = get("CALLBRIDGE_DATABASE_URL") {
+            self.records.database_url = Secret::new(v);
+        }
+        if let Some(v) = get("CALLBRIDGE_OPERATOR_TOKEN") {
+            self.operator.token = Secret::new(v);
+        }
     }
 
     /// Checks every value; the error names the key and the bad value.
@@ -728,6 +886,60 @@ impl Config {
                 "twilio.shared_key_sid",
                 &t.shared_key_sid,
                 "TWILIO_SHARED_KEY_SID (or twilio.shared_key_sid) and TWILIO_SHARED_KEY_SECRET must be set together",
+            ));
+        }
+        let pr = &self.pricing;
+        for (key, v) in [
+            ("pricing.input_text", pr.input_text),
+            ("pricing.input_audio", pr.input_audio),
+            ("pricing.input_other", pr.input_other),
+            ("pricing.output_text", pr.output_text),
+            ("pricing.output_audio", pr.output_audio),
+            ("pricing.output_other", pr.output_other),
+        ] {
+            if !(v.is_finite() && (0.0..=1_000_000.0).contains(&v)) {
+                return Err(invalid(
+                    key,
+                    v,
+                    "expected USD per million tokens, 0..=1000000",
+                ));
+            }
+        }
+        let r = &self.records;
+        if r.enabled && r.database_url.is_empty() && r.sqlite_path.trim().is_empty() {
+            return Err(invalid(
+                "records.sqlite_path",
+                "",
+                "set a file path, or CALLBRIDGE_DATABASE_URL, or records.enabled = false",
+            ));
+        }
+        let url = r.database_url.expose();
+        let known = ["postgres://", "postgresql://", "sqlite:"];
+        if !url.is_empty() && !known.iter().any(|p| url.starts_with(p)) {
+            // The URL may hold a password: name the scheme only.
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(invalid(
+                "CALLBRIDGE_DATABASE_URL",
+                format!("{scheme}:…"),
+                "expected postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if r.recent_in_memory > 10_000 {
+            return Err(invalid(
+                "records.recent_in_memory",
+                r.recent_in_memory,
+                "expected 0..=10000",
+            ));
+        }
+        if self.recording.enabled && self.recording.dir.trim().is_empty() {
+            return Err(invalid("recording.dir", "", "expected a directory"));
+        }
+        let tok = self.operator.token.expose();
+        if !tok.is_empty() && (tok.len() < 16 || tok.chars().any(|c| c.is_whitespace())) {
+            return Err(invalid(
+                "CALLBRIDGE_OPERATOR_TOKEN",
+                "[redacted]",
+                "expected at least 16 characters, no whitespace",
             ));
         }
         let p = &self.playout;

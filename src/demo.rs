@@ -235,7 +235,7 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
             CallEvent::ModelReady { setup_ms } => {
                 format!("bridge  model session ready ({setup_ms} ms); asking the agent to greet")
             }
-            CallEvent::AgentSpeaking { turn } => {
+            CallEvent::AgentSpeaking { turn, .. } => {
                 format!("bridge  agent turn {turn}: first audio sent to the caller")
             }
             CallEvent::AgentTurnHeard { turn, heard_ms } => {
@@ -280,6 +280,13 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
             CallEvent::Usage(u) => format!(
                 "bridge  tokens: prompt {} response {}",
                 u.prompt_token_count, u.response_token_count
+            ),
+            CallEvent::Operator { action, result, .. } => format!(
+                "bridge  operator {action}: {}",
+                match result {
+                    Ok(()) => "done".to_string(),
+                    Err(e) => e.clone(),
+                }
             ),
             CallEvent::Ended(why) => format!("bridge  call ended: {}", why.as_str()),
             CallEvent::CallerTranscript(t) => {

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod gemini;
 mod json_fast;
 pub mod loadtest;
+pub mod ops;
 pub mod redact;
 pub mod run;
 pub mod server;

@@ -76,6 +76,12 @@ pub struct AppState {
     pub stream_tokens: Arc<StreamTokens>,
     /// Latency histograms and frame counters (`GET /debug/stats`).
     pub stats: Arc<BridgeStats>,
+    /// Call records being built, live calls, recent records, dashboard updates.
+    pub journal: Arc<crate::ops::journal::Journal>,
+    /// Everything a call reports to (the journal first).
+    pub observers: crate::ops::Observers,
+    /// Operator commands to live calls.
+    pub commands: crate::ops::CommandBoard,
 }
 
 impl AppState {
@@ -121,7 +127,13 @@ impl AppState {
         let stream_tokens = Arc::new(StreamTokens::new(Duration::from_secs(
             t.stream_token_ttl_secs,
         )));
+        let journal = Arc::new(crate::ops::journal::Journal::new(&config, None));
+        let observers =
+            crate::ops::Observers::new(vec![journal.clone() as Arc<dyn crate::ops::CallObserver>]);
         Arc::new(AppState {
+            journal,
+            observers,
+            commands: crate::ops::CommandBoard::default(),
             config: Arc::new(config),
             settings,
             credential,
@@ -380,6 +392,7 @@ async fn media_stream(
                     since: SystemTime::now(),
                 },
             );
+            let call_id = crate::ops::new_call_id();
             let ctx = CallContext {
                 conn,
                 settings: state.settings.clone(),
@@ -395,6 +408,10 @@ async fn media_stream(
                 shutdown: state.shutdown.clone(),
                 stream_guard: validate.then(|| stream_guard(state.stream_tokens.clone())),
                 stats: state.stats.clone(),
+                call_id: call_id.clone(),
+                source: crate::ops::CallSource::Phone,
+                observers: state.observers.clone(),
+                commands: state.commands.clone(),
             };
             let span = tracing::info_span!(
                 "call",
@@ -403,6 +420,7 @@ async fn media_stream(
                 stream_sid = tracing::field::Empty
             );
             let started = Instant::now();
+            let observers = state.observers.clone();
             let task = state.tracker.spawn(
                 async move {
                     // A panic inside one call must end only that call.
@@ -419,7 +437,8 @@ async fn media_stream(
                             "stream done; call parked for its continuation"
                         ),
                         Err(e) => {
-                            tracing::error!(error = %e, "call task panicked; only this call ended")
+                            tracing::error!(error = %e, "call task panicked; only this call ended");
+                            observers.call_failed(&call_id);
                         }
                     }
                 }

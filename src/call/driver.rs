@@ -20,12 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::machine::{
-    Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut, Output,
+    Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut,
+    OperatorCommand, Output,
 };
 use super::tools::{ToolCallContext, ToolExecutor};
 use crate::config::WebhookToolConfig;
 use crate::gemini::connect::{self, ConnectError, Credential, ModelSocket};
 use crate::gemini::{setup, wire as gwire};
+use crate::ops::{CallId, CallSource, CommandBoard, Observers, OperatorRequest};
 use crate::redact::{redact_destination, redact_number, redact_text};
 use crate::twilio::wire as twire;
 use crate::twilio::wire::CallerEvent;
@@ -67,6 +69,7 @@ pub struct Parked {
     call: Call,
     model: Option<ModelSocket>,
     call_sid: String,
+    id: CallId,
 }
 
 /// Parked calls by continuation token. A plain mutex: the call's resamplers are `Send` but
@@ -140,13 +143,42 @@ pub struct CallContext {
     pub stream_guard: Option<Arc<dyn Fn(&twire::StreamStart) -> bool + Send + Sync>>,
     /// Bridge-wide latency histograms (edge to edge, per leg).
     pub stats: Arc<crate::stats::BridgeStats>,
+    /// The call's id for observers and the operator API (a continued stream adopts the
+    /// parked call's id).
+    pub call_id: CallId,
+    /// Phone (provider stream) or browser phone.
+    pub source: CallSource,
+    /// Metrics, records, recordings.
+    pub observers: Observers,
+    /// Operator commands to live calls.
+    pub commands: CommandBoard,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<ModelSocket, ConnectError>> + Send>>;
 
 /// Runs one call on an upgraded caller WebSocket until it ends; returns why it ended, or
 /// `None` when the call was parked for a continued stream (after `send_dtmf`).
-pub async fn run_call<S, E>(mut caller: S, ctx: CallContext) -> Option<CallEnd>
+pub async fn run_call<S, E>(caller: S, ctx: CallContext) -> Option<CallEnd>
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut ctx = ctx;
+    ctx.observers
+        .call_opened(&ctx.call_id, ctx.conn, ctx.source);
+    let mut commands = ctx.commands.register(&ctx.call_id);
+    let end = run_call_inner(caller, &mut ctx, &mut commands).await;
+    if end.is_some() {
+        ctx.commands.unregister(&ctx.call_id);
+    }
+    end
+}
+
+async fn run_call_inner<S, E>(
+    mut caller: S,
+    ctx: &mut CallContext,
+    commands: &mut tokio::sync::mpsc::Receiver<OperatorRequest>,
+) -> Option<CallEnd>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
     E: std::fmt::Display,
@@ -157,7 +189,9 @@ where
         Err(e) => {
             tracing::error!(error = %e, "cannot build the audio pipeline");
             let _ = caller.close().await;
-            return Some(CallEnd::ModelUnavailable(format!("audio pipeline: {e}")));
+            let why = CallEnd::ModelUnavailable(format!("audio pipeline: {e}"));
+            note(ctx, CallEvent::Ended(why.clone()));
+            return Some(why);
         }
     };
     let (tool_tx, mut tool_rx) =
@@ -174,6 +208,12 @@ where
     // When the input that produced this round's outputs was taken off its socket (or, for a
     // timer, when it was due): the start of the bridge-added latency of the frames it yields.
     let mut origin: Option<Instant> = None;
+    // Operator transfers waiting for the provider, by request id.
+    let mut operator_replies: std::collections::HashMap<
+        String,
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+    > = std::collections::HashMap::new();
+    let mut operator_seq = 0u32;
 
     loop {
         // Carry out every effect the machine has queued, in order.
@@ -186,12 +226,14 @@ where
                     let Some(start) = call.stream() else { continue };
                     let json = match &cmd {
                         CallerOut::Media(frame) => {
+                            ctx.observers.agent_audio(&ctx.call_id, frame);
                             twire::to_json(&twire::CallerCommand::Media(frame), &start.stream_sid)
                         }
                         CallerOut::Mark(name) => {
                             twire::to_json(&twire::CallerCommand::Mark(name), &start.stream_sid)
                         }
                         CallerOut::Clear => {
+                            ctx.observers.agent_clear(&ctx.call_id);
                             twire::to_json(&twire::CallerCommand::Clear, &start.stream_sid)
                         }
                     };
@@ -274,7 +316,7 @@ where
                 }
                 Output::Control(CallAction::RunTool { id, name, args }) => {
                     let Some(handle) =
-                        spawn_tool(&ctx, &call, id.clone(), name, args, tool_tx.clone())
+                        spawn_tool(ctx, &call, id.clone(), name, args, tool_tx.clone())
                     else {
                         continue;
                     };
@@ -286,7 +328,7 @@ where
                     }
                 }
                 Output::Control(action) => {
-                    if let Some((id, result)) = execute(&ctx, action).await {
+                    if let Some((id, result)) = execute(ctx, action).await {
                         call.handle_input(Input::ActionDone { id, result }, Instant::now());
                     }
                 }
@@ -294,7 +336,14 @@ where
                     park = Some(token);
                     break;
                 }
-                Output::Event(event) => note(&ctx, event),
+                Output::Event(event) => {
+                    if let CallEvent::Operator { id, result, .. } = &event {
+                        if let Some(reply) = operator_replies.remove(id) {
+                            let _ = reply.send(result.clone());
+                        }
+                    }
+                    note(ctx, event)
+                }
                 Output::End(why) => {
                     if caller_dirty {
                         let _ = caller.flush().await;
@@ -304,6 +353,9 @@ where
                     }
                     if let Some(mut s) = standby.take() {
                         let _ = tokio::time::timeout(Duration::from_secs(1), s.close(None)).await;
+                    }
+                    for (_, reply) in operator_replies.drain() {
+                        let _ = reply.send(Err("the call ended first".into()));
                     }
                     return Some(finish(caller, model, why).await);
                 }
@@ -316,21 +368,29 @@ where
                 .map(|s| s.call_sid.clone())
                 .unwrap_or_default();
             tracing::info!("stream replaced after send_dtmf; call parked for its continued stream");
+            ctx.commands.unregister(&ctx.call_id);
             ctx.parked.insert(
                 token.clone(),
                 Parked {
                     call,
                     model,
                     call_sid,
+                    id: ctx.call_id.clone(),
                 },
             );
             let parked = ctx.parked.clone();
             let ttl = ctx.control_settings.continuation_ttl;
+            let observers = ctx.observers.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(ttl).await;
                 if let Some(mut p) = parked.remove(&token) {
                     tracing::warn!("continued stream never arrived; ending the parked call");
                     p.call.handle_input(Input::CallerClosed, Instant::now());
+                    while let Some(out) = p.call.poll_output() {
+                        if let Output::Event(e) = out {
+                            observers.event(&p.id, std::time::SystemTime::now(), &e);
+                        }
+                    }
                     if let Some(mut m) = p.model.take() {
                         let _ = tokio::time::timeout(Duration::from_secs(2), m.close(None)).await;
                     }
@@ -424,6 +484,20 @@ where
                 running.remove(&id);
                 vec![Input::ToolDone { id, result }]
             }
+            Some(req) = commands.recv() => {
+                match req.command {
+                    OperatorCommand::HangUp => {
+                        let _ = req.reply.send(Ok(()));
+                        vec![Input::Operator(OperatorCommand::HangUp)]
+                    }
+                    OperatorCommand::Transfer { destination, .. } => {
+                        operator_seq += 1;
+                        let id = format!("operator-{operator_seq}");
+                        operator_replies.insert(id.clone(), req.reply);
+                        vec![Input::Operator(OperatorCommand::Transfer { id, destination })]
+                    }
+                }
+            }
             _ = sleep => {
                 read_at = deadline;
                 vec![Input::Tick]
@@ -440,6 +514,11 @@ where
                             call = p.call;
                             model = p.model;
                             connecting = None;
+                            // This stream continues the parked call: adopt its id.
+                            ctx.observers.call_discarded(&ctx.call_id);
+                            ctx.commands.unregister(&ctx.call_id);
+                            ctx.call_id = p.id;
+                            *commands = ctx.commands.register(&ctx.call_id);
                             call.handle_input(Input::Resumed(start.clone()), now);
                             continue;
                         }
@@ -469,6 +548,10 @@ where
                     call.handle_input(Input::CallerClosed, now);
                     break;
                 }
+            }
+            if let Input::Caller(CallerEvent::Media(f)) = &i {
+                ctx.observers
+                    .caller_audio(&ctx.call_id, f.timestamp_ms, &f.payload);
             }
             call.handle_input(i, now);
         }
@@ -729,6 +812,7 @@ fn note(ctx: &CallContext, event: CallEvent) {
         CallEvent::Started {
             call_sid,
             stream_sid,
+            ..
         } => {
             let span = tracing::Span::current();
             span.record("call_sid", call_sid.as_str());
@@ -752,8 +836,14 @@ fn note(ctx: &CallContext, event: CallEvent) {
             tracing::info!(reason, resumed, gap_ms, "model connection replaced")
         }
         CallEvent::Ended(why) => tracing::info!(reason = why.as_str(), detail = ?why, "call ended"),
+        CallEvent::Operator { action, result, .. } => match result {
+            Ok(()) => tracing::info!(action, "operator request done"),
+            Err(e) => tracing::warn!(action, error = %redact_text(e), "operator request failed"),
+        },
         _ => tracing::trace!(?event, "call event"),
     }
+    ctx.observers
+        .event(&ctx.call_id, std::time::SystemTime::now(), &event);
     if let Some(tx) = &ctx.notes {
         let _ = tx.send(CallNote {
             conn: ctx.conn,

@@ -300,6 +300,23 @@ pub enum Input {
     Tick,
     /// The bridge is shutting down.
     Shutdown,
+    /// An operator acted on the call (dashboard or operator API).
+    Operator(OperatorCommand),
+}
+
+/// What an operator can do to a live call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OperatorCommand {
+    /// Hang up now (through the provider's API when configured, else by closing the stream).
+    HangUp,
+    /// Transfer now to a configured destination name, an E.164 number or a `sip:` URI; the
+    /// outcome comes back as [`CallEvent::Operator`] with this `id`.
+    Transfer {
+        /// Request id (echoed in the outcome).
+        id: String,
+        /// Destination name or address.
+        destination: String,
+    },
 }
 
 /// An effect for the driver to carry out, in order.
@@ -441,6 +458,8 @@ pub enum CallEnd {
     Shutdown,
     /// No media arrived from the caller leg for `limits.idle_stream_secs`.
     IdleStream,
+    /// An operator hung up the call (dashboard or operator API).
+    OperatorHungUp,
 }
 
 impl CallEnd {
@@ -460,6 +479,7 @@ impl CallEnd {
             CallEnd::ContinuationLost => "continuation_lost",
             CallEnd::Shutdown => "shutdown",
             CallEnd::IdleStream => "idle_stream",
+            CallEnd::OperatorHungUp => "operator_hung_up",
         }
     }
 
@@ -484,6 +504,11 @@ pub enum CallEvent {
         call_sid: String,
         /// Twilio stream SID.
         stream_sid: String,
+        /// The caller's number (from the webhook's `<Parameter name="from">`), unredacted:
+        /// observers redact it before keeping or logging it.
+        from: Option<String>,
+        /// The number called.
+        to: Option<String>,
     },
     /// `setupComplete` arrived.
     ModelReady {
@@ -498,6 +523,10 @@ pub enum CallEvent {
     AgentSpeaking {
         /// Turn number.
         turn: u32,
+        /// From the caller's last voiced frame to this first frame of the reply, when the
+        /// caller spoke since the previous agent turn began (the bridge's view of response
+        /// time: the model's end-of-speech detection plus generation plus both bridge legs).
+        response_ms: Option<u64>,
     },
     /// The caller heard the whole turn (its last mark came back after playback).
     AgentTurnHeard {
@@ -561,6 +590,17 @@ pub enum CallEvent {
     },
     /// Token usage for a model turn.
     Usage(UsageMetadata),
+    /// An operator request finished (`id` as given in [`OperatorCommand::Transfer`]).
+    Operator {
+        /// Request id.
+        id: String,
+        /// `transfer`.
+        action: &'static str,
+        /// Destination name or address as requested (not logged above debug).
+        destination: String,
+        /// `Err` with why it did not happen.
+        result: Result<(), String>,
+    },
     /// The call ended.
     Ended(CallEnd),
 }
@@ -717,6 +757,8 @@ pub struct Call {
     tokens_issued: u32,
     /// Last time the caller's audio carried voice.
     last_voice: Option<Instant>,
+    /// When the latest agent turn's first frame went out.
+    last_agent_start: Option<Instant>,
     /// The caller spoke and the model has not completed a reply since: a handover now would
     /// lose the reply being prepared.
     reply_due: bool,
@@ -791,6 +833,7 @@ impl Call {
             last_activity: now,
             tokens_issued: 0,
             last_voice: None,
+            last_agent_start: None,
             reply_due: false,
             go_away_deadline: None,
             reconnect: None,
@@ -987,6 +1030,7 @@ impl Call {
                 }
             }
             Input::ActionDone { id, result } => self.on_action_done(id, result),
+            Input::Operator(cmd) => self.on_operator(cmd),
             Input::ToolDone { id, result } => {
                 if let Some(name) = self.running_tools.remove(&id) {
                     self.respond(id, name, result);
@@ -1089,6 +1133,8 @@ impl Call {
                 self.outputs.push_back(Output::Event(CallEvent::Started {
                     call_sid: start.call_sid.clone(),
                     stream_sid: start.stream_sid.clone(),
+                    from: start.custom_parameters.get("from").cloned(),
+                    to: start.custom_parameters.get("to").cloned(),
                 }));
                 self.start = Some(start);
                 self.open_session(now);
@@ -1548,11 +1594,81 @@ impl Call {
         }
     }
 
+    /// An operator acts on the call: hang-up is immediate; a transfer goes to the provider
+    /// at once (the operator chose the moment), cancelling any action the agent had armed.
+    fn on_operator(&mut self, cmd: OperatorCommand) {
+        if self.phase == Phase::Ended {
+            if let OperatorCommand::Transfer { id, destination } = cmd {
+                self.operator_result(id, destination, Err("the call has ended".into()));
+            }
+            return;
+        }
+        match cmd {
+            OperatorCommand::HangUp => {
+                tracing::info!("operator hung up the call");
+                self.hang_up(CallEnd::OperatorHungUp);
+            }
+            OperatorCommand::Transfer { id, destination } => {
+                let Some(call_sid) = self.start.as_ref().map(|s| s.call_sid.clone()) else {
+                    let e = "the call's stream has not started".to_string();
+                    return self.operator_result(id, destination, Err(e));
+                };
+                if self.phase == Phase::Parked || self.awaiting.is_some() {
+                    let e = "another call action is in progress".to_string();
+                    return self.operator_result(id, destination, Err(e));
+                }
+                let target = match self.settings.transfer_destinations.get(&destination) {
+                    Some(d) => Some((d.target.clone(), !d.whisper.is_empty())),
+                    None if crate::config::is_e164(&destination)
+                        || destination.starts_with("sip:") =>
+                    {
+                        Some((destination.clone(), false))
+                    }
+                    None => None,
+                };
+                let Some((target, whisper)) = target else {
+                    let e = "not a configured destination, an E.164 number or a sip: URI";
+                    return self.operator_result(id, destination, Err(e.into()));
+                };
+                tracing::info!("operator transfer requested");
+                self.action = None;
+                self.awaiting = Some(AwaitingAction {
+                    id: id.clone(),
+                    name: "operator_transfer",
+                    token: None,
+                });
+                self.outputs
+                    .push_back(Output::Control(CallAction::Transfer {
+                        id,
+                        call_sid,
+                        destination,
+                        target,
+                        whisper,
+                    }));
+            }
+        }
+    }
+
+    fn operator_result(&mut self, id: String, destination: String, result: Result<(), String>) {
+        self.outputs.push_back(Output::Event(CallEvent::Operator {
+            id,
+            action: "transfer",
+            destination,
+            result,
+        }));
+    }
+
     fn on_action_done(&mut self, id: String, result: Result<(), String>) {
         let Some(awaiting) = self.awaiting.take_if(|a| a.id == id) else {
             tracing::debug!(id, "result for an action no longer awaited");
             return;
         };
+        if awaiting.name == "operator_transfer" {
+            if result.is_ok() {
+                self.transferred = true;
+            }
+            return self.operator_result(id, String::new(), result);
+        }
         match (awaiting.name, result) {
             ("transfer_call", Ok(())) => {
                 self.transferred = true;
@@ -1735,8 +1851,16 @@ impl Call {
             let base = self.queued_until.map_or(now, |q| q.max(now));
             self.queued_until = Some(base + FRAME);
             if frames == 1 {
+                let response_ms = self
+                    .last_voice
+                    .filter(|v| self.last_agent_start.is_none_or(|a| *v > a))
+                    .map(|v| now.saturating_duration_since(v).as_millis() as u64);
+                self.last_agent_start = Some(now);
                 self.outputs
-                    .push_back(Output::Event(CallEvent::AgentSpeaking { turn: id }));
+                    .push_back(Output::Event(CallEvent::AgentSpeaking {
+                        turn: id,
+                        response_ms,
+                    }));
             }
             self.outputs
                 .push_back(Output::ToCaller(CallerOut::Media(frame)));
@@ -2393,7 +2517,7 @@ mod tests {
         assert_eq!(marks(&outs), vec!["t1-5", "t1-10"]);
         assert!(matches!(
             outs[0],
-            Output::Event(CallEvent::AgentSpeaking { turn: 1 })
+            Output::Event(CallEvent::AgentSpeaking { turn: 1, .. })
         ));
         let next = call.poll_timeout().expect("a refill is due");
         assert_eq!(next, t0 + Duration::from_millis(100));
@@ -2531,7 +2655,7 @@ mod tests {
         assert!(media_count(&outs) > 0);
         assert!(outs
             .iter()
-            .any(|o| matches!(o, Output::Event(CallEvent::AgentSpeaking { turn: 2 }))));
+            .any(|o| matches!(o, Output::Event(CallEvent::AgentSpeaking { turn: 2, .. }))));
     }
 
     fn tool_call(id: &str, name: &str) -> Input {

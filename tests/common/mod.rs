@@ -262,7 +262,7 @@ pub fn event_kinds(notes: &[CallNote]) -> Vec<String> {
         let k = match &n.event {
             CallEvent::Started { .. } => "started".to_string(),
             CallEvent::ModelReady { .. } => "model_ready".to_string(),
-            CallEvent::AgentSpeaking { turn } => format!("agent_speaking {turn}"),
+            CallEvent::AgentSpeaking { turn, .. } => format!("agent_speaking {turn}"),
             CallEvent::AgentTurnHeard { turn, .. } => format!("agent_turn_heard {turn}"),
             CallEvent::Interrupted { turn, .. } => format!("interrupted {turn}"),
             CallEvent::ToolCall { name, .. } => format!("tool_call {name}"),
@@ -279,6 +279,12 @@ pub fn event_kinds(notes: &[CallNote]) -> Vec<String> {
                 if *resumed { "resumed" } else { "fresh" }
             ),
             CallEvent::WrapUp { reason } => format!("wrap_up {reason}"),
+            CallEvent::Operator { action, result, .. } => {
+                format!(
+                    "operator {action} {}",
+                    if result.is_ok() { "ok" } else { "error" }
+                )
+            }
             CallEvent::Ended(why) => format!("ended {}", why.as_str()),
             CallEvent::CallerTranscript(_)
             | CallEvent::AgentTranscript(_)
