@@ -82,11 +82,26 @@ pub struct AppState {
     pub observers: crate::ops::Observers,
     /// Operator commands to live calls.
     pub commands: crate::ops::CommandBoard,
+    /// Finished call records (read side), when records are kept.
+    pub store: Option<Arc<dyn crate::ops::RecordStore>>,
 }
 
 impl AppState {
     /// Builds the state from a validated configuration.
     pub fn new(config: Config, control: Option<Arc<dyn CallControl>>) -> Arc<AppState> {
+        Self::with_store(config, control, None)
+    }
+
+    /// Builds the state with a record store: its read side, and the channel its writer task
+    /// takes finished records from.
+    pub fn with_store(
+        config: Config,
+        control: Option<Arc<dyn CallControl>>,
+        store: Option<(
+            Arc<dyn crate::ops::RecordStore>,
+            tokio::sync::mpsc::Sender<crate::ops::journal::CallRecord>,
+        )>,
+    ) -> Arc<AppState> {
         let settings = Arc::new(CallSettings::from_config(&config));
         let secret = config.gemini.api_key.expose().to_string();
         let credential = Arc::new(if config.gemini.auth == "ephemeral_token" {
@@ -127,13 +142,18 @@ impl AppState {
         let stream_tokens = Arc::new(StreamTokens::new(Duration::from_secs(
             t.stream_token_ttl_secs,
         )));
-        let journal = Arc::new(crate::ops::journal::Journal::new(&config, None));
+        let (store, sink) = match store {
+            Some((s, tx)) => (Some(s), Some(tx)),
+            None => (None, None),
+        };
+        let journal = Arc::new(crate::ops::journal::Journal::new(&config, sink));
         let observers =
             crate::ops::Observers::new(vec![journal.clone() as Arc<dyn crate::ops::CallObserver>]);
         Arc::new(AppState {
             journal,
             observers,
             commands: crate::ops::CommandBoard::default(),
+            store,
             config: Arc::new(config),
             settings,
             credential,

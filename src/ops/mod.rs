@@ -17,6 +17,25 @@ use crate::call::machine::{CallEvent, OperatorCommand};
 
 pub mod journal;
 
+/// A boxed future (the store trait is object-safe without an async-trait crate).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where finished call records are kept and read back (SQLite or PostgreSQL). Records are
+/// written by the store's own writer task, fed through the channel given to the
+/// [`journal::Journal`]; this trait is the read side the operator API uses.
+pub trait RecordStore: Send + Sync {
+    /// Ended calls, newest first: at most `limit`, started before `before_ms` (Unix ms) when
+    /// given (paging).
+    fn recent(
+        &self,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<journal::CallRecord>, String>>;
+    /// One ended call's record.
+    fn get<'a>(&'a self, id: &'a str)
+        -> BoxFuture<'a, Result<Option<journal::CallRecord>, String>>;
+}
+
 /// A call's id: 16 random hex digits, unique across bridge instances sharing a store.
 pub type CallId = Arc<str>;
 
