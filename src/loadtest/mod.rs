@@ -198,6 +198,10 @@ async fn start_bridge(args: &LoadArgs, gemini_url: &str) -> Result<Bridge, LoadE
             .map_err(|e| LoadError::Setup(e.to_string()))?
             .port()
     };
+    let dir = std::env::temp_dir().join(format!("callbridge-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| LoadError::Setup(e.to_string()))?;
+    // Call records stay on (as in production), in a SQLite file beside the config.
+    let records = dir.join("records.db");
     let config = format!(
         r#"# written by callbridge loadtest
 [server]
@@ -212,13 +216,14 @@ api_base = "http://127.0.0.1:9"
 [limits]
 max_calls = {max_calls}
 max_call_secs = {max_secs}
+[records]
+sqlite_path = "{records}"
 "#,
+        records = records.display(),
         public = args.public_url,
         max_calls = args.calls * 2 + 16,
         max_secs = (args.hold_secs.max(args.call_secs) + 600).min(86_400),
     );
-    let dir = std::env::temp_dir().join(format!("callbridge-loadtest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| LoadError::Setup(e.to_string()))?;
     let config_path = dir.join("bridge.toml");
     std::fs::write(&config_path, config).map_err(|e| LoadError::Setup(e.to_string()))?;
     if let Some(parent) = args.bridge_log.parent() {
@@ -240,6 +245,7 @@ max_call_secs = {max_secs}
         .env_remove("CALLBRIDGE_LISTEN")
         .env_remove("CALLBRIDGE_PUBLIC_URL")
         .env_remove("CALLBRIDGE_GEMINI_URL")
+        .env_remove("CALLBRIDGE_DATABASE_URL")
         .env(
             "RUST_LOG",
             std::env::var("CALLBRIDGE_LOADTEST_LOG").unwrap_or_else(|_| "info".into()),
