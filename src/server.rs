@@ -150,7 +150,6 @@ impl AppState {
             Some((s, tx)) => (Some(s), Some(tx)),
             None => (None, None),
         };
-        let journal = Arc::new(crate::ops::journal::Journal::new(&config, sink));
         let metrics = config
             .metrics
             .enabled
@@ -166,6 +165,10 @@ impl AppState {
                 }
             })
             .flatten();
+        // Records name a recording only when a recorder is actually writing it.
+        let journal = Arc::new(
+            crate::ops::journal::Journal::new(&config, sink).with_recordings(recorder.is_some()),
+        );
         let mut list = vec![journal.clone() as Arc<dyn crate::ops::CallObserver>];
         list.extend(
             metrics
@@ -485,11 +488,11 @@ async fn media_stream(
             let span = tracing::info_span!(
                 "call",
                 conn,
+                id = %call_id,
                 call_sid = tracing::field::Empty,
                 stream_sid = tracing::field::Empty
             );
             let started = Instant::now();
-            let observers = state.observers.clone();
             let task = state.tracker.spawn(
                 async move {
                     // A panic inside one call must end only that call.
@@ -507,7 +510,6 @@ async fn media_stream(
                         ),
                         Err(e) => {
                             tracing::error!(error = %e, "call task panicked; only this call ended");
-                            observers.call_failed(&call_id);
                         }
                     }
                 }

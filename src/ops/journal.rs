@@ -357,6 +357,14 @@ impl Journal {
         }
     }
 
+    /// Keeps recording paths in records only when `on` (a recorder is writing them).
+    pub fn with_recordings(mut self, on: bool) -> Journal {
+        if !on {
+            self.recording_dir = None;
+        }
+        self
+    }
+
     /// Subscribes to live changes (the dashboard's event stream).
     pub fn subscribe(&self) -> broadcast::Receiver<Update> {
         self.updates.subscribe()
