@@ -435,8 +435,14 @@ impl Journal {
             recent.push_back(record.clone());
         }
         if let Some(sink) = &self.sink {
-            if let Err(e) = sink.try_send(record) {
-                tracing::error!(error = %e, "call record store is not keeping up; record dropped");
+            match sink.try_send(record) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::error!("call record store is not keeping up; record dropped")
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::warn!("call record store already closed (shutdown); record not stored")
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ use crate::call::machine::{CallEvent, OperatorCommand};
 pub mod journal;
 pub mod metrics;
 pub mod recorder;
+pub mod store;
 
 /// A boxed future (the store trait is object-safe without an async-trait crate).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
