@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::call::machine::{CallEvent, OperatorCommand};
 
+pub mod api;
 pub mod journal;
 
 /// A boxed future (the store trait is object-safe without an async-trait crate).
