@@ -81,7 +81,8 @@
   function percentile(values, p) {
     const v = values.filter((x) => typeof x === 'number').sort((a, b) => a - b);
     if (!v.length) return null;
-    return v[Math.min(v.length - 1, Math.floor((p / 100) * v.length))];
+    // Nearest rank.
+    return v[Math.max(0, Math.ceil((p / 100) * v.length) - 1)];
   }
   function el(tag, props = {}, ...children) {
     const e = document.createElement(tag);
