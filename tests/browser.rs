@@ -4,8 +4,8 @@
 //! This test starts a bridge on the built-in Gemini simulator (with a fake Twilio REST API),
 //! then runs the script with node. The script loads `/dashboard` with the operator token, asks
 //! this test to place a simulated Twilio call (the repo's simulated caller), watches it appear
-//! live with its transcript streaming in, hangs it up from the dashboard (record:
-//! `operator_hung_up`), opens its detail and recording, then places a browser-phone call with
+//! live with its transcript streaming in, has a transfer refused, hangs it up from the
+//! dashboard (record: `operator_hung_up`), opens its detail and recording, then places a browser-phone call with
 //! Chromium's fake microphone (a WAV made here from the bundled caller clips): agent audio
 //! received and played, marks echoed, caller transcript lines, a barge-in (`clear` drops the
 //! queued agent audio), a clean end (record: source `browser`). Screenshots go to

@@ -175,7 +175,17 @@ async function run(context) {
   result.screenshots.push(liveShot);
   log('screenshot', liveShot);
 
-  // 4. Hang it up from the dashboard.
+  // 4. Transfer asks for a destination; one the call refuses comes back as the call's reason.
+  await live.getByTestId('transfer').click();
+  await page.getByTestId('transfer-dialog').waitFor({ state: 'visible' });
+  await page.getByTestId('transfer-destination').fill('nowhere');
+  await page.getByTestId('transfer-confirm').click();
+  await page.locator('[data-testid="toast"][data-kind="error"]').waitFor();
+  const refusal = await page.getByTestId('toast').textContent();
+  check(/not a configured destination/.test(refusal), `transfer refusal shown (${refusal})`);
+  log('transfer refused as expected:', refusal);
+
+  // Hang it up from the dashboard.
   await live.getByTestId('hangup').click();
   await live.waitFor({ state: 'detached', timeout: 15_000 });
   const ended = page.locator(`[data-testid="recent-call"][data-call-id="${phoneCallId}"]`);
@@ -303,8 +313,8 @@ async function run(context) {
   };
   log('browser call ended:', JSON.stringify(result.browser_call));
 
-  // The wrong-token attempt above logs its 401 as a failed resource load.
-  const unexpected = result.console_errors.filter((e) => !/favicon|status of 401/.test(e));
+  // The wrong token (401) and the refused transfer (409) above log failed resource loads.
+  const unexpected = result.console_errors.filter((e) => !/favicon|status of 40[19]/.test(e));
   check(unexpected.length === 0, 'no console errors: ' + JSON.stringify(unexpected));
 }
 
