@@ -9,6 +9,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/callbridge /usr/local/bin/callbridge
 COPY configs /etc/callbridge
+# Call records: records.sqlite_path is relative to here (mount a volume to keep them), or
+# set CALLBRIDGE_DATABASE_URL=postgres://… to use PostgreSQL.
+WORKDIR /var/lib/callbridge
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/callbridge"]
 CMD ["serve", "--config", "/etc/callbridge/callbridge.toml"]

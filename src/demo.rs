@@ -3,7 +3,8 @@
 //! recordings: the agent greets, the caller asks about an order, the agent answers, the caller
 //! says goodbye, the agent says goodbye and calls `end_call`, and the bridge hangs up through
 //! the fake REST API once the goodbye has been heard. Prints the merged timeline and writes
-//! what the caller heard to a WAV file.
+//! what the caller heard to a WAV file. The call's record goes to an SQLite store
+//! (`--records`, `target/demo-records.db` by default) and is read back from it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub max_seconds: u64,
+    /// SQLite file the call record is stored in (created on first run).
+    #[arg(long, default_value = "target/demo-records.db")]
+    pub records: PathBuf,
 }
 
 /// Why the demo failed.
@@ -102,16 +106,22 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             whisper: "A caller from the AI assistant, about billing.".into(),
         },
     );
+    config.records.enabled = true;
+    config.records.sqlite_path = args.records.display().to_string();
     config
         .validate()
         .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let (store, handles, writer) = crate::run::open_records(&config)
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?
+        .ok_or_else(|| DemoError::Setup("records are off".into()))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| DemoError::Setup(format!("bind: {e}")))?;
     let addr = listener
         .local_addr()
         .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let state = crate::run::spawn(config, listener);
+    let state = crate::run::spawn_with_store(config, listener, Some(handles));
     let mut notes_rx = state.notes.subscribe();
     let notes_task = tokio::spawn(async move {
         let mut notes: Vec<CallNote> = Vec::new();
@@ -131,6 +141,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     println!(
         "  bridge                 http://{addr}  (webhook /twilio/voice, stream /twilio/media)"
     );
+    println!("  call records           {}", store.location());
     println!();
 
     let hello = crate::audio::wav::read_wav(include_bytes!("../assets/caller_hello.mulaw8k.wav"))
@@ -208,6 +219,34 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     );
     state.shutdown.cancel();
     let _ = sim.shutdown().await;
+    let stored = writer.finish(Duration::from_secs(5)).await;
+    let id = state.journal.recent().first().map(|r| r.id.clone());
+    let record = match &id {
+        Some(id) => store
+            .get(id)
+            .await
+            .map_err(|e| DemoError::Unexpected(format!("reading the call record back: {e}")))?,
+        None => None,
+    };
+    let total = store.count().await.unwrap_or_default();
+    store.close().await;
+    let Some(record) = record else {
+        return Err(DemoError::Unexpected(format!(
+            "the call record did not reach {} ({stored:?})",
+            args.records.display()
+        )));
+    };
+    println!(
+        "call record {} stored in {} ({} records there): {}, {} transcript lines, {} tool calls, {} tokens, ${:.4}",
+        record.id,
+        args.records.display(),
+        total,
+        record.end_reason.as_deref().unwrap_or("?"),
+        record.transcript.len(),
+        record.tool_calls.len(),
+        record.usage.total,
+        record.cost_usd,
+    );
     if hangups.len() != 1 || hangups[0].status != 200 {
         return Err(DemoError::Unexpected(format!(
             "expected one successful REST hang-up, saw {hangups:?}"

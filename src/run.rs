@@ -1,10 +1,24 @@
-//! `callbridge serve`: load and validate the configuration, bind, serve, and drain on a signal.
+//! `callbridge serve`: load and validate the configuration, open the call record store, bind,
+//! serve, and drain on a signal (live calls first, then the records they left queued).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigError};
+use crate::ops::journal::CallRecord;
+use crate::ops::store::{self, Store, StoreError, StoreWriter};
+use crate::ops::RecordStore;
 use crate::server::{self, AppState};
+
+/// How long shutdown waits for queued call records to be written (after the calls ended).
+pub const RECORDS_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A store's read side and the channel its writer takes records from, as
+/// [`AppState::with_store`] wants them.
+pub type StoreHandles = (Arc<dyn RecordStore>, mpsc::Sender<CallRecord>);
 
 /// Why the bridge could not run.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +34,40 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// The call record store could not be opened (nothing was bound).
+    #[error("call records: {0} (set records.enabled = false to run without them)")]
+    Store(#[from] StoreError),
     /// The server failed.
     #[error("server error: {0}")]
     Serve(#[from] std::io::Error),
+}
+
+/// Opens the store `config.records` names and starts its writer; `None` when records are off.
+pub async fn open_records(
+    config: &Config,
+) -> Result<Option<(Store, StoreHandles, StoreWriter)>, StoreError> {
+    if !config.records.enabled {
+        return Ok(None);
+    }
+    let store = store::open(&config.records).await?;
+    let (tx, rx) = store::channel();
+    let writer = store::spawn_writer(store.clone(), rx);
+    let read: Arc<dyn RecordStore> = Arc::new(store.clone());
+    Ok(Some((store, (read, tx), writer)))
+}
+
+/// Writes what is still queued (bounded by [`RECORDS_DRAIN_GRACE`]), logs the totals and
+/// closes the store. Call after the calls have ended.
+pub async fn close_records(store: Store, writer: StoreWriter) {
+    let report = writer.finish(RECORDS_DRAIN_GRACE).await;
+    tracing::info!(
+        store = %store.location(),
+        written = report.written,
+        refused = report.failed,
+        unwritten = report.unwritten,
+        "call records flushed"
+    );
+    store.close().await;
 }
 
 /// Loads the configuration (file + environment) and serves until SIGINT/SIGTERM.
@@ -38,6 +83,14 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     if config.server.public_url.is_empty() {
         tracing::warn!("server.public_url / CALLBRIDGE_PUBLIC_URL is not set: stream URLs are built from the Host header");
     }
+    // The store first: a bridge that cannot keep records says so before it takes calls.
+    let records = open_records(&config).await?;
+    match &records {
+        Some((store, _, _)) => {
+            tracing::info!(store = %store.location(), "call records are stored")
+        }
+        None => tracing::info!("call records are off (records.enabled = false)"),
+    }
     let addr = config.server.listen.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -46,7 +99,11 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
             source,
         })?;
     let control = crate::twilio::rest::control_from_config(&config);
-    let state = AppState::new(config, control);
+    let (records, handles) = match records {
+        Some((store, handles, writer)) => (Some((store, writer)), Some(handles)),
+        None => (None, None),
+    };
+    let state = AppState::with_store(config, control, handles);
     tracing::info!(addr = %listener.local_addr()?, model = %state.config.gemini.model, "callbridge listening");
     let st = state.clone();
     tokio::spawn(async move {
@@ -57,14 +114,29 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
         );
         st.shutdown.cancel();
     });
-    server::serve(state, listener).await?;
+    let served = server::serve(state, listener).await;
+    // The calls have ended (or the bound passed): their records are queued; write them.
+    if let Some((store, writer)) = records {
+        close_records(store, writer).await;
+    }
+    served?;
     Ok(())
 }
 
 /// Starts a bridge on an already-bound listener in the background (demo, tests, load).
+/// Records then live only in the journal's in-memory recent list.
 pub fn spawn(config: Config, listener: tokio::net::TcpListener) -> Arc<AppState> {
+    spawn_with_store(config, listener, None)
+}
+
+/// [`spawn`] with a record store (see [`open_records`]).
+pub fn spawn_with_store(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    store: Option<StoreHandles>,
+) -> Arc<AppState> {
     let control = crate::twilio::rest::control_from_config(&config);
-    let state = AppState::new(config, control);
+    let state = AppState::with_store(config, control, store);
     let st = state.clone();
     tokio::spawn(async move {
         if let Err(e) = server::serve(st, listener).await {

@@ -1,6 +1,6 @@
 //! The HTTP surface: `POST /twilio/voice` (TwiML), `GET /twilio/media` (the Media Streams
-//! WebSocket), `GET /healthz`; the operator API, dashboard and browser phone are merged in
-//! from [`crate::ops::api`].
+//! WebSocket), `GET /healthz`, `GET /metrics`; the operator API, dashboard and browser phone
+//! are merged in from [`crate::ops::api`].
 //!
 //! Owns the shared [`AppState`] (configuration, the registry of live calls, the call tasks) and
 //! the listener, and authenticates Twilio before anything costs money: `X-Twilio-Signature` on
@@ -85,6 +85,10 @@ pub struct AppState {
     pub commands: crate::ops::CommandBoard,
     /// Finished call records (read side), when records are kept.
     pub store: Option<Arc<dyn crate::ops::RecordStore>>,
+    /// Prometheus metrics (`GET /metrics`), when `metrics.enabled`.
+    pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
+    /// Stereo call recordings, when `recording.enabled` (and its directory could be made).
+    pub recorder: Option<Arc<crate::ops::recorder::Recorder>>,
 }
 
 impl AppState {
@@ -147,12 +151,42 @@ impl AppState {
             Some((s, tx)) => (Some(s), Some(tx)),
             None => (None, None),
         };
-        let journal = Arc::new(crate::ops::journal::Journal::new(&config, sink));
-        let observers =
-            crate::ops::Observers::new(vec![journal.clone() as Arc<dyn crate::ops::CallObserver>]);
+        let metrics = config
+            .metrics
+            .enabled
+            .then(|| Arc::new(crate::ops::metrics::Metrics::new(&config)));
+        let recorder = config
+            .recording
+            .enabled
+            .then(|| match crate::ops::recorder::Recorder::new(&config) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %config.recording.dir, "cannot start call recording; calls are not recorded");
+                    None
+                }
+            })
+            .flatten();
+        // Records name a recording only when a recorder is actually writing it.
+        let journal = Arc::new(
+            crate::ops::journal::Journal::new(&config, sink).with_recordings(recorder.is_some()),
+        );
+        let mut list = vec![journal.clone() as Arc<dyn crate::ops::CallObserver>];
+        list.extend(
+            metrics
+                .clone()
+                .map(|m| m as Arc<dyn crate::ops::CallObserver>),
+        );
+        list.extend(
+            recorder
+                .clone()
+                .map(|r| r as Arc<dyn crate::ops::CallObserver>),
+        );
+        let observers = crate::ops::Observers::new(list);
         Arc::new(AppState {
             journal,
             observers,
+            metrics,
+            recorder,
             commands: crate::ops::CommandBoard::default(),
             store,
             config: Arc::new(config),
@@ -187,6 +221,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/twilio/whisper/{destination}", post(whisper).get(whisper))
         .route("/healthz", get(healthz))
         .route("/debug/stats", get(debug_stats))
+        .route("/metrics", get(metrics))
         .with_state(state.clone())
         .merge(crate::ops::api::router(state))
 }
@@ -230,6 +265,10 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> s
             "calls still running after the shutdown bound"
         );
     }
+    // Let the recorder finish the files of the calls that just ended.
+    if let Some(r) = state.recorder.clone() {
+        let _ = tokio::task::spawn_blocking(move || r.sync(Duration::from_secs(10))).await;
+    }
     Ok(())
 }
 
@@ -242,6 +281,19 @@ async fn debug_stats(State(state): State<Arc<AppState>>) -> Response {
     let mut body = state.stats.to_json();
     body["live_calls"] = state.calls.len().into();
     axum::Json(body).into_response()
+}
+
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text), when `metrics.enabled` (404
+/// otherwise). Aggregates only: no numbers, call ids or transcripts.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    match &state.metrics {
+        Some(m) => (
+            [(header::CONTENT_TYPE, crate::ops::metrics::CONTENT_TYPE)],
+            m.render(&state.stats),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
@@ -447,11 +499,11 @@ pub fn accept_call(state: Arc<AppState>, ws: WebSocketUpgrade, origin: CallOrigi
             let span = tracing::info_span!(
                 "call",
                 conn,
+                id = %call_id,
                 call_sid = tracing::field::Empty,
                 stream_sid = tracing::field::Empty
             );
             let started = Instant::now();
-            let observers = state.observers.clone();
             let task = state.tracker.spawn(
                 async move {
                     // A panic inside one call must end only that call.
@@ -469,7 +521,6 @@ pub fn accept_call(state: Arc<AppState>, ws: WebSocketUpgrade, origin: CallOrigi
                         ),
                         Err(e) => {
                             tracing::error!(error = %e, "call task panicked; only this call ended");
-                            observers.call_failed(&call_id);
                         }
                     }
                 }

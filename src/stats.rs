@@ -141,6 +141,30 @@ impl HistogramSnapshot {
         }
     }
 
+    /// Cumulative counts at fixed bounds (µs, ascending), for Prometheus-style buckets: the
+    /// count at a bound sums the log-linear buckets that lie wholly at or below it, so every
+    /// value counted is ≤ its bound (a value up to 12.5 % below a bound may be counted at the
+    /// next one). The last element is the total (the `+Inf` bucket), which is also the sum
+    /// of [`HistogramSnapshot::buckets`].
+    pub fn cumulative_at(&self, bounds_us: &[u64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(bounds_us.len() + 1);
+        let mut i = 0;
+        let mut seen = 0u64;
+        for &bound in bounds_us {
+            while i < self.buckets.len() && bucket_upper(i) <= bound {
+                seen += self.buckets[i];
+                i += 1;
+            }
+            out.push(seen);
+        }
+        out.push(
+            seen + self.buckets[i.min(self.buckets.len())..]
+                .iter()
+                .sum::<u64>(),
+        );
+        out
+    }
+
     /// JSON for `/debug/stats`: summary figures plus the raw buckets.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -246,6 +270,28 @@ mod tests {
         }
         assert_eq!(s.max_us, 10_000);
         assert_eq!(s.count, 10_000);
+    }
+
+    #[test]
+    fn cumulative_counts_never_include_values_above_their_bound() {
+        let h = Histogram::default();
+        for us in [3u64, 40, 50, 51, 60, 99, 100, 104, 2_000, 90_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.snapshot();
+        let c = s.cumulative_at(&[0, 5, 50, 100, 1_000, 1_000_000]);
+        assert_eq!(c.len(), 7);
+        assert_eq!(c[0], 0);
+        assert_eq!(c[1], 1);
+        // 48..=51 share a bucket: 50 and 51 are counted at the next bound, not at 50.
+        assert_eq!(c[2], 2);
+        // 96..=103 share a bucket: 99 and 100 are counted only at 1 ms; 104 too.
+        assert_eq!(c[3], 5);
+        assert_eq!(c[4], 8);
+        assert_eq!(c[5], 9);
+        assert_eq!(c[6], 10);
+        assert!(c.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(c[6], s.buckets.iter().sum::<u64>());
     }
 
     #[test]

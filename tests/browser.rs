@@ -113,24 +113,6 @@ fn fake_microphone_wav(path: &Path) {
     callbridge::audio::wav::write_wav_pcm16(path, rate as u32, 1, &samples).expect("write WAV");
 }
 
-/// A stand-in recording (stereo, 8 kHz, 16-bit) for a call whose recording file was not
-/// written — this build may run without the recorder; the dashboard's player is what is tested.
-fn ensure_recording(path: &Path) {
-    if path.is_file() {
-        return;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).expect("recording dir");
-    }
-    let caller = common::pcm("model_greeting.ref8k.wav");
-    let mut stereo = Vec::with_capacity(caller.len() * 2);
-    for s in caller {
-        stereo.push(s);
-        stereo.push(0);
-    }
-    callbridge::audio::wav::write_wav_pcm16(path, 8000, 2, &stereo).expect("write recording");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_browser_phone_in_chromium() {
     let Some(tools) = prerequisites() else {
@@ -142,6 +124,7 @@ async fn dashboard_and_browser_phone_in_chromium() {
     fake_microphone_wav(&wav);
     let recordings = out_dir.join("recordings");
     let _ = std::fs::remove_dir_all(&recordings);
+    std::fs::create_dir_all(&recordings).expect("recordings dir");
 
     // The agent greets, answers the question (the simulator transcribes the caller's speech as
     // HELLO once its VAD hears it), is interrupted by the goodbye, and answers that.
@@ -223,23 +206,6 @@ async fn dashboard_and_browser_phone_in_chromium() {
                         .register_call(&call_sid, Arc::new(move |_| trigger()));
                     callers.push(caller);
                     call_sid
-                }
-                "call-ended" => {
-                    let record = h
-                        .state
-                        .journal
-                        .recent_call(arg)
-                        .unwrap_or_else(|| panic!("no record of call {arg}"));
-                    let path = PathBuf::from(record.recording.expect("recording is on"));
-                    // Give a recorder a moment to finish the file before standing in for it.
-                    for _ in 0..20 {
-                        if path.is_file() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    ensure_recording(&path);
-                    "ok".to_string()
                 }
                 "result" => {
                     result = serde_json::from_str(arg).ok();

@@ -396,25 +396,28 @@ async fn a_phone_call_is_listed_streamed_steered_and_recorded() {
     assert_eq!(seen.last().map(String::as_str), Some("ended"));
     assert!(seen.iter().any(|k| k == "transcript") && seen.iter().any(|k| k == "timeline"));
 
-    // The recording: the file the record names, served as it is.
+    // The recording: the file the record names (written by the recorder), served as it is.
     let path = std::path::PathBuf::from(ended.recording.clone().expect("recording on"));
     assert!(path.starts_with(&dir));
-    if !path.is_file() {
-        let (status, body) = call(&h, "GET", &format!("/api/calls/{id}/recording"), None).await;
-        assert_eq!(status, 404, "{body}");
-        std::fs::create_dir_all(&dir).unwrap();
-        callbridge::audio::wav::write_wav_pcm16(&path, 8000, 2, &[1, -1, 2, -2]).unwrap();
-    }
-    let want = std::fs::read(&path).unwrap();
+    let recording = format!("/api/calls/{id}/recording");
     let resp = client
-        .get(url(&h, &format!("/api/calls/{id}/recording")))
+        .get(url(&h, &recording))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "audio/wav");
-    assert_eq!(resp.bytes().await.unwrap().to_vec(), want);
+    let served = resp.bytes().await.unwrap().to_vec();
+    assert_eq!(served, std::fs::read(&path).unwrap());
+    let (caller_side, agent_side) =
+        callbridge::ops::recorder::read_stereo(&path).expect("a finished stereo WAV");
+    assert!(caller_side.len() > 8_000 && agent_side.len() == caller_side.len());
+    // A file that is gone: 404, never another path.
+    std::fs::remove_file(&path).unwrap();
+    let (status, body) = call(&h, "GET", &recording, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("missing"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -700,4 +703,120 @@ async fn browser_calls_count_against_the_call_limit_and_can_be_hung_up() {
     })
     .await;
     assert_eq!(call(&h, "POST", "/api/phone", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn ended_calls_are_read_from_the_record_store() {
+    use callbridge::ops::{store, RecordStore};
+    let dir = std::env::temp_dir().join(format!("callbridge-api-db-{:x}", rand::random::<u64>()));
+    let records = callbridge::config::RecordsConfig {
+        sqlite_path: dir.join("records.db").display().to_string(),
+        ..Default::default()
+    };
+    let db = store::open(&records).await.expect("SQLite store");
+    let (tx, rx) = store::channel();
+    let _writer = store::spawn_writer(db.clone(), rx);
+    let read: Arc<dyn RecordStore> = Arc::new(db.clone());
+    // Nothing kept in memory: every ended call is read back from the store.
+    let h = common::harness_with_store(
+        |s| s.scenario(scenario()),
+        |c| {
+            c.operator.token = Secret::new(TOKEN);
+            c.records.recent_in_memory = 0;
+        },
+        Some((read, tx)),
+    )
+    .await;
+    let caller = h
+        .caller()
+        .script(
+            Script::new()
+                .wait_for_agent(700, 15_000)
+                .say_ulaw("hello", caller_clip("caller_hello"))
+                .silence(30_000),
+        )
+        .spawn();
+    let id = loop {
+        let (_, body) = call(&h, "GET", "/api/calls", None).await;
+        if body["calls"][0]["last_line"]["speaker"] == "caller" {
+            break body["calls"][0]["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        call(&h, "POST", &format!("/api/calls/{id}/hangup"), None)
+            .await
+            .0,
+        200
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), caller.join()).await;
+
+    let mut listed = Value::Null;
+    for _ in 0..200 {
+        let (_, body) = call(&h, "GET", "/api/records", None).await;
+        if body["records"][0]["id"] == id.as_str() {
+            listed = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed["source"], "store", "{listed}");
+    assert_eq!(listed["records"][0]["end_reason"], "operator_hung_up");
+    let (status, detail) = call(&h, "GET", &format!("/api/calls/{id}"), None).await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["live"], false);
+    assert_eq!(detail["source"], "phone");
+    assert!(detail["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["speaker"] == "caller" && l["text"] == HELLO));
+    let started = detail["started_at_ms"].as_i64().unwrap();
+    let (_, older) = call(&h, "GET", &format!("/api/records?before={started}"), None).await;
+    assert_eq!(older["records"], json!([]));
+    // An ended call known only to the store: "already ended", not "unknown".
+    let (status, body) = call(&h, "POST", &format!("/api/calls/{id}/hangup"), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already ended"));
+    db.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A record store that is down.
+struct BrokenStore;
+
+impl callbridge::ops::RecordStore for BrokenStore {
+    fn recent(
+        &self,
+        _limit: usize,
+        _before_ms: Option<i64>,
+    ) -> callbridge::ops::BoxFuture<'_, Result<Vec<callbridge::ops::journal::CallRecord>, String>>
+    {
+        Box::pin(async { Err("connection refused".to_string()) })
+    }
+    fn get<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> callbridge::ops::BoxFuture<'a, Result<Option<callbridge::ops::journal::CallRecord>, String>>
+    {
+        Box::pin(async { Err("connection refused".to_string()) })
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_falls_back_to_the_calls_in_memory() {
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let read: Arc<dyn callbridge::ops::RecordStore> = Arc::new(BrokenStore);
+    let h = common::harness_with_store(
+        |s| s.scenario(scenario()),
+        |c| c.operator.token = Secret::new(TOKEN),
+        Some((read, tx)),
+    )
+    .await;
+    let (status, body) = call(&h, "GET", "/api/records", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["source"], "memory");
+    assert_eq!(body["records"], json!([]));
+    let (status, body) = call(&h, "GET", "/api/calls/0123456789abcdef", None).await;
+    assert_eq!(status, 404, "{body}");
 }

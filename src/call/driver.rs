@@ -163,15 +163,33 @@ where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
     E: std::fmt::Display,
 {
-    let mut ctx = ctx;
     ctx.observers
         .call_opened(&ctx.call_id, ctx.conn, ctx.source);
     let mut commands = ctx.commands.register(&ctx.call_id);
-    let end = run_call_inner(caller, &mut ctx, &mut commands).await;
+    let mut guard = CallGuard { ctx, done: false };
+    let end = run_call_inner(caller, &mut guard.ctx, &mut commands).await;
+    guard.done = true;
     if end.is_some() {
-        ctx.commands.unregister(&ctx.call_id);
+        guard.ctx.commands.unregister(&guard.ctx.call_id);
     }
     end
+}
+
+/// Tells the observers a call failed when its task unwinds (a panic) or is dropped before
+/// the call ended or was parked, under the id the call has by then (a continued stream has
+/// adopted its parked call's id).
+struct CallGuard {
+    ctx: CallContext,
+    done: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.ctx.commands.unregister(&self.ctx.call_id);
+            self.ctx.observers.call_failed(&self.ctx.call_id);
+        }
+    }
 }
 
 async fn run_call_inner<S, E>(

@@ -2404,6 +2404,18 @@ mod tests {
         })
     }
 
+    /// A caller frame loud enough to count as voice.
+    fn loud_media(chunk: u64) -> CallerEvent {
+        CallerEvent::Media(MediaFrame {
+            chunk,
+            timestamp_ms: 155 + 20 * chunk,
+            track: "inbound".into(),
+            payload: (0..FRAME_BYTES)
+                .map(|i| if i % 2 == 0 { 0x10 } else { 0x90 })
+                .collect(),
+        })
+    }
+
     fn drain(call: &mut Call) -> Vec<Output> {
         std::iter::from_fn(|| call.poll_output()).collect()
     }
@@ -2977,6 +2989,154 @@ mod tests {
             drain(&mut call).last(),
             Some(Output::End(CallEnd::Transferred))
         ));
+    }
+
+    #[test]
+    fn operator_hang_up_ends_the_call_at_once_through_the_provider() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(2_000))), t0);
+        drain(&mut call);
+        call.handle_input(Input::Operator(OperatorCommand::HangUp), t0);
+        let outs = drain(&mut call);
+        assert!(outs
+            .iter()
+            .any(|o| matches!(o, Output::Control(CallAction::HangUp { call_sid }) if call_sid.starts_with("CA"))));
+        assert!(matches!(
+            outs.last(),
+            Some(Output::End(CallEnd::OperatorHungUp))
+        ));
+        // A second request after the end does nothing.
+        call.handle_input(Input::Operator(OperatorCommand::HangUp), t0);
+        assert!(drain(&mut call).is_empty());
+    }
+
+    #[test]
+    fn operator_transfer_goes_at_once_and_reports_its_outcome() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        // The agent is mid-sentence: the operator's transfer does not wait for it.
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(2_000))), t0);
+        drain(&mut call);
+        call.handle_input(
+            Input::Operator(OperatorCommand::Transfer {
+                id: "operator-1".into(),
+                destination: "billing".into(),
+            }),
+            t0,
+        );
+        let outs = drain(&mut call);
+        let action = outs.iter().find_map(|o| match o {
+            Output::Control(CallAction::Transfer { id, target, .. }) => {
+                Some((id.clone(), target.clone()))
+            }
+            _ => None,
+        });
+        assert_eq!(action, Some(("operator-1".into(), "+14155550100".into())));
+        // A second one while the first is with the provider is refused.
+        call.handle_input(
+            Input::Operator(OperatorCommand::Transfer {
+                id: "operator-2".into(),
+                destination: "+14155550199".into(),
+            }),
+            t0,
+        );
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(o, Output::Event(CallEvent::Operator { id, result: Err(_), .. }) if id == "operator-2")));
+        call.handle_input(
+            Input::ActionDone {
+                id: "operator-1".into(),
+                result: Ok(()),
+            },
+            t0,
+        );
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(o, Output::Event(CallEvent::Operator { id, result: Ok(()), .. }) if id == "operator-1")));
+        assert!(
+            tool_responses(&outs).is_empty(),
+            "the model is not told about an operator's transfer"
+        );
+        call.handle_input(Input::Caller(CallerEvent::Stop), t0);
+        assert!(matches!(
+            drain(&mut call).last(),
+            Some(Output::End(CallEnd::Transferred))
+        ));
+    }
+
+    #[test]
+    fn operator_transfer_refuses_unknown_destinations_and_reports_provider_errors() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        for bad in ["nowhere", "12345", "+1 415 555", ""] {
+            call.handle_input(
+                Input::Operator(OperatorCommand::Transfer {
+                    id: "op".into(),
+                    destination: bad.into(),
+                }),
+                t0,
+            );
+            let outs = drain(&mut call);
+            assert!(
+                outs.iter().any(|o| matches!(
+                    o,
+                    Output::Event(CallEvent::Operator { result: Err(_), .. })
+                )),
+                "{bad:?} refused"
+            );
+            assert!(!outs.iter().any(|o| matches!(o, Output::Control(_))));
+        }
+        // A free-form E.164 number is the operator's call (no allow_pattern needed).
+        call.handle_input(
+            Input::Operator(OperatorCommand::Transfer {
+                id: "op-2".into(),
+                destination: "+14155550199".into(),
+            }),
+            t0,
+        );
+        assert!(drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::Control(CallAction::Transfer { target, .. }) if target == "+14155550199")));
+        call.handle_input(
+            Input::ActionDone {
+                id: "op-2".into(),
+                result: Err("HTTP 400".into()),
+            },
+            t0,
+        );
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(o, Output::Event(CallEvent::Operator { result: Err(e), .. }) if e.contains("400"))));
+        // The call goes on: a caller stop now is a hang-up, not a transfer.
+        call.handle_input(Input::Caller(CallerEvent::Stop), t0);
+        assert!(matches!(
+            drain(&mut call).last(),
+            Some(Output::End(CallEnd::CallerHungUp))
+        ));
+    }
+
+    #[test]
+    fn response_time_runs_from_the_callers_last_voice_to_the_reply() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        // The greeting: nobody spoke before it.
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), t0);
+        let first = drain(&mut call).into_iter().find_map(|o| match o {
+            Output::Event(CallEvent::AgentSpeaking { response_ms, .. }) => Some(response_ms),
+            _ => None,
+        });
+        assert_eq!(first, Some(None));
+        call.handle_input(Input::Model(ModelEvent::TurnComplete), t0);
+        let (t1, _) = play_out(&mut call, t0);
+        // The caller speaks, then 700 ms later the reply's first frame goes out.
+        let spoke = t1 + Duration::from_secs(1);
+        call.handle_input(Input::Caller(loud_media(900)), spoke);
+        drain(&mut call);
+        let reply = spoke + Duration::from_millis(700);
+        call.handle_input(Input::Model(ModelEvent::Audio(model_audio(100))), reply);
+        let second = drain(&mut call).into_iter().find_map(|o| match o {
+            Output::Event(CallEvent::AgentSpeaking { response_ms, .. }) => Some(response_ms),
+            _ => None,
+        });
+        assert_eq!(second, Some(Some(700)));
     }
 
     #[test]

@@ -148,6 +148,8 @@ struct Bridge {
     http: String,
     pid: Option<u32>,
     child: Option<tokio::process::Child>,
+    /// The child bridge's config and call record store, removed when it is done.
+    workdir: Option<std::path::PathBuf>,
 }
 
 impl Bridge {
@@ -189,6 +191,7 @@ async fn start_bridge(args: &LoadArgs, gemini_url: &str) -> Result<Bridge, LoadE
             http: http.trim_end_matches('/').to_string(),
             pid: args.bridge_pid,
             child: None,
+            workdir: None,
         });
     }
     let port = {
@@ -198,6 +201,8 @@ async fn start_bridge(args: &LoadArgs, gemini_url: &str) -> Result<Bridge, LoadE
             .map_err(|e| LoadError::Setup(e.to_string()))?
             .port()
     };
+    let dir = std::env::temp_dir().join(format!("callbridge-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| LoadError::Setup(e.to_string()))?;
     let config = format!(
         r#"# written by callbridge loadtest
 [server]
@@ -212,13 +217,14 @@ api_base = "http://127.0.0.1:9"
 [limits]
 max_calls = {max_calls}
 max_call_secs = {max_secs}
+[records]
+sqlite_path = "{records}"
 "#,
+        records = dir.join("records.db").display(),
         public = args.public_url,
         max_calls = args.calls * 2 + 16,
         max_secs = (args.hold_secs.max(args.call_secs) + 600).min(86_400),
     );
-    let dir = std::env::temp_dir().join(format!("callbridge-loadtest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| LoadError::Setup(e.to_string()))?;
     let config_path = dir.join("bridge.toml");
     std::fs::write(&config_path, config).map_err(|e| LoadError::Setup(e.to_string()))?;
     if let Some(parent) = args.bridge_log.parent() {
@@ -240,6 +246,7 @@ max_call_secs = {max_secs}
         .env_remove("CALLBRIDGE_LISTEN")
         .env_remove("CALLBRIDGE_PUBLIC_URL")
         .env_remove("CALLBRIDGE_GEMINI_URL")
+        .env_remove("CALLBRIDGE_DATABASE_URL")
         .env(
             "RUST_LOG",
             std::env::var("CALLBRIDGE_LOADTEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -260,6 +267,7 @@ max_call_secs = {max_secs}
         http: format!("http://127.0.0.1:{port}"),
         pid: child.id(),
         child: Some(child),
+        workdir: Some(dir),
     };
     let client = reqwest::Client::new();
     for _ in 0..100 {
@@ -682,6 +690,9 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
     if let Some(mut child) = bridge.child.take() {
         let _ = child.start_kill();
         let _ = child.wait().await;
+    }
+    if let Some(dir) = bridge.workdir.take() {
+        let _ = std::fs::remove_dir_all(dir);
     }
     if let Some(sim) = sim {
         let _ = tokio::time::timeout(Duration::from_secs(5), sim.shutdown()).await;

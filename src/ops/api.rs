@@ -65,6 +65,8 @@ const HANGUP_WAIT: Duration = Duration::from_secs(5);
 const TRANSFER_WAIT: Duration = Duration::from_secs(20);
 /// How long a store read may take before the API answers from memory.
 const STORE_WAIT: Duration = Duration::from_secs(5);
+/// How long a recording download waits for the recorder to finish writing.
+const RECORDER_WAIT: Duration = Duration::from_secs(5);
 /// Interval of SSE keep-alive comments (proxies close idle connections).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The `accountSid` browser-phone streams carry (there is no provider account).
@@ -482,7 +484,7 @@ async fn command(api: &Api, id: &str, cmd: OperatorCommand, wait: Duration) -> R
             ok_json(json!({ "ok": true }))
         }
         Err(CommandError::NotFound) => {
-            if api.app.journal.recent_call(id).is_some() {
+            if find_record(api, id).await.is_some() {
                 error(StatusCode::CONFLICT, "the call has already ended")
             } else {
                 error(
@@ -523,6 +525,11 @@ async fn recording(State(api): State<Api>, id: Result<Path<String>, PathRejectio
             StatusCode::CONFLICT,
             "the call is still live; its recording is available when it ends",
         );
+    }
+    // The recorder's writer thread finishes a call's file just after the call ends: let it
+    // catch up (bounded) so the header is final.
+    if let Some(recorder) = api.app.recorder.clone() {
+        let _ = tokio::task::spawn_blocking(move || recorder.sync(RECORDER_WAIT)).await;
     }
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,

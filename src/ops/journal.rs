@@ -357,6 +357,14 @@ impl Journal {
         }
     }
 
+    /// Keeps recording paths in records only when `on` (a recorder is writing them).
+    pub fn with_recordings(mut self, on: bool) -> Journal {
+        if !on {
+            self.recording_dir = None;
+        }
+        self
+    }
+
     /// Subscribes to live changes (the dashboard's event stream).
     pub fn subscribe(&self) -> broadcast::Receiver<Update> {
         self.updates.subscribe()
@@ -427,8 +435,14 @@ impl Journal {
             recent.push_back(record.clone());
         }
         if let Some(sink) = &self.sink {
-            if let Err(e) = sink.try_send(record) {
-                tracing::error!(error = %e, "call record store is not keeping up; record dropped");
+            match sink.try_send(record) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::error!("call record store is not keeping up; record dropped")
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::warn!("call record store already closed (shutdown); record not stored")
+                }
             }
         }
     }
@@ -667,5 +681,278 @@ impl CallObserver for Journal {
                 serde_json::to_value(t).unwrap_or_default()
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn usage(prompt: u64, response: u64, details: bool) -> UsageMetadata {
+        UsageMetadata {
+            prompt_token_count: prompt,
+            response_token_count: response,
+            total_token_count: prompt + response,
+            prompt_details: if details {
+                vec![("AUDIO".into(), prompt - 10), ("TEXT".into(), 10)]
+            } else {
+                Vec::new()
+            },
+            response_details: if details {
+                vec![("AUDIO".into(), response)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn journal(tweak: impl FnOnce(&mut Config)) -> (Journal, mpsc::Receiver<CallRecord>) {
+        let mut cfg = Config::default();
+        tweak(&mut cfg);
+        let (tx, rx) = mpsc::channel(8);
+        (Journal::new(&cfg, Some(tx)), rx)
+    }
+
+    fn started() -> CallEvent {
+        CallEvent::Started {
+            call_sid: "CA0123".into(),
+            stream_sid: "MZ0123".into(),
+            from: Some("+14155550123".into()),
+            to: Some("+14155550188".into()),
+        }
+    }
+
+    #[test]
+    fn a_call_builds_one_redacted_record_that_goes_to_the_store_when_it_ends() {
+        let (j, mut rx) = journal(|_| {});
+        let id: CallId = "00000000000000aa".into();
+        let t0 = SystemTime::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        j.call_opened(&id, 1, CallSource::Phone);
+        let mut updates = j.subscribe();
+        j.event(&id, at(10), &started());
+        j.event(&id, at(300), &CallEvent::ModelReady { setup_ms: 290 });
+        j.event(
+            &id,
+            at(400),
+            &CallEvent::AgentSpeaking {
+                turn: 1,
+                response_ms: None,
+            },
+        );
+        j.event(&id, at(410), &CallEvent::AgentTranscript("Hello, ".into()));
+        j.event(
+            &id,
+            at(420),
+            &CallEvent::AgentTranscript("how can I help?".into()),
+        );
+        j.event(
+            &id,
+            at(2000),
+            &CallEvent::CallerTranscript("My balance".into()),
+        );
+        j.event(
+            &id,
+            at(2100),
+            &CallEvent::CallerTranscript(" please".into()),
+        );
+        j.event(
+            &id,
+            at(2600),
+            &CallEvent::AgentSpeaking {
+                turn: 2,
+                response_ms: Some(640),
+            },
+        );
+        j.event(&id, at(2610), &CallEvent::AgentTranscript("Sure.".into()));
+        j.event(
+            &id,
+            at(2700),
+            &CallEvent::Interrupted {
+                turn: 2,
+                heard_ms: 200,
+                sent_ms: 400,
+            },
+        );
+        j.event(
+            &id,
+            at(2800),
+            &CallEvent::ToolCall {
+                id: "fc-1".into(),
+                name: "lookup".into(),
+                args: serde_json::json!({"account": "42"}),
+            },
+        );
+        j.event(
+            &id,
+            at(2900),
+            &CallEvent::ToolResult {
+                id: "fc-1".into(),
+                name: "lookup".into(),
+                ok: true,
+            },
+        );
+        j.event(&id, at(3000), &CallEvent::Dtmf("1234".into()));
+        j.event(
+            &id,
+            at(4000),
+            &CallEvent::Reconnected {
+                reason: "go_away",
+                resumed: true,
+                gap_ms: 120,
+            },
+        );
+        j.event(&id, at(4100), &CallEvent::Usage(usage(1010, 500, true)));
+        j.event(&id, at(4200), &CallEvent::Usage(usage(100, 50, false)));
+        let live = j.live_call(&id).expect("live");
+        assert_eq!(live.ended_at_ms, None);
+        assert_eq!(j.live_calls().len(), 1);
+        j.event(&id, at(5000), &CallEvent::Ended(CallEnd::AgentHungUp));
+        assert!(j.live_call(&id).is_none());
+
+        let r = rx.try_recv().expect("record sent to the store");
+        assert_eq!(r, j.recent_call(&id).expect("kept in memory"));
+        assert_eq!(
+            r.from.as_deref(),
+            Some(redact_number("+14155550123").as_str())
+        );
+        assert!(!serde_json::to_string(&r).unwrap().contains("4155550123"));
+        assert!(
+            !serde_json::to_string(&r).unwrap().contains("1234"),
+            "digits are never kept"
+        );
+        assert_eq!(r.call_sid.as_deref(), Some("CA0123"));
+        assert_eq!(r.end_reason.as_deref(), Some("agent_hung_up"));
+        assert_eq!(r.ended_at_ms, Some(r.started_at_ms + 5000));
+        assert_eq!((r.turns, r.barge_ins, r.sessions), (2, 1, 2));
+        assert_eq!(r.response_ms, vec![640]);
+        let lines: Vec<(&str, &str, u64)> = r
+            .transcript
+            .iter()
+            .map(|l| (l.speaker.as_str(), l.text.as_str(), l.at_ms))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("agent", "Hello, how can I help?", 410),
+                ("caller", "My balance please", 2000),
+                ("agent", "Sure.", 2610),
+            ]
+        );
+        assert_eq!(r.tool_calls.len(), 1);
+        assert_eq!(r.tool_calls[0].outcome, "ok");
+        assert_eq!(r.tool_calls[0].args["account"], "42");
+        assert_eq!(r.tool_calls[0].done_at_ms, Some(2900));
+        assert_eq!(r.handovers.len(), 1);
+        assert_eq!(r.usage.prompt["AUDIO"], 1000);
+        assert_eq!(r.usage.prompt["TEXT"], 10);
+        assert_eq!(r.usage.prompt["UNSPECIFIED"], 100);
+        assert_eq!(r.usage.response["AUDIO"], 500);
+        assert_eq!(r.usage.response["UNSPECIFIED"], 50);
+        assert_eq!(r.usage.total, 1660);
+        let p = PricingConfig::default();
+        let want = (1000.0 * p.input_audio
+            + 10.0 * p.input_text
+            + 100.0 * p.input_other
+            + 500.0 * p.output_audio
+            + 50.0 * p.output_other)
+            / 1e6;
+        assert!(
+            (r.cost_usd - want).abs() < 1e-12,
+            "{} vs {want}",
+            r.cost_usd
+        );
+        let kinds: Vec<&str> = r.timeline.iter().map(|t| t.kind.as_str()).collect();
+        assert_eq!(kinds.first(), Some(&"started"));
+        assert_eq!(kinds.last(), Some(&"ended"));
+        assert!(kinds.contains(&"handover") && kinds.contains(&"barge_in"));
+        // Subscribers saw the transcript stream in and the end.
+        let mut seen = Vec::new();
+        while let Ok(u) = updates.try_recv() {
+            seen.push(u.kind);
+        }
+        assert!(
+            seen.contains(&"transcript") && seen.last() == Some(&"ended"),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn without_transcripts_no_words_are_kept() {
+        let (j, mut rx) = journal(|c| c.records.transcripts = false);
+        let id: CallId = "00000000000000bb".into();
+        j.call_opened(&id, 1, CallSource::Browser);
+        let now = SystemTime::now();
+        j.event(
+            &id,
+            now,
+            &CallEvent::CallerTranscript("secret words".into()),
+        );
+        j.event(
+            &id,
+            now,
+            &CallEvent::ToolCall {
+                id: "a".into(),
+                name: "t".into(),
+                args: serde_json::json!({"x": "secret"}),
+            },
+        );
+        j.event(&id, now, &CallEvent::Ended(CallEnd::CallerHungUp));
+        let r = rx.try_recv().unwrap();
+        assert_eq!(r.source, "browser");
+        assert!(r.transcript.is_empty());
+        assert_eq!(r.tool_calls[0].outcome, "unanswered");
+        assert!(!serde_json::to_string(&r).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn transcripts_are_bounded_on_the_longest_call() {
+        let (j, _rx) = journal(|_| {});
+        let id: CallId = "00000000000000cc".into();
+        j.call_opened(&id, 1, CallSource::Phone);
+        let now = SystemTime::now();
+        let chunk = "x".repeat(1000);
+        for i in 0..1000 {
+            let ev = if i % 2 == 0 {
+                CallEvent::CallerTranscript(chunk.clone())
+            } else {
+                CallEvent::AgentTranscript(chunk.clone())
+            };
+            j.event(&id, now, &ev);
+        }
+        let r = j.live_call(&id).unwrap();
+        let chars: usize = r.transcript.iter().map(|l| l.text.len()).sum();
+        assert!(chars <= MAX_TRANSCRIPT_CHARS);
+        assert!(r.transcript_truncated);
+    }
+
+    #[test]
+    fn discarded_and_failed_calls() {
+        let (j, mut rx) = journal(|c| c.records.recent_in_memory = 1);
+        let a: CallId = "00000000000000d1".into();
+        let b: CallId = "00000000000000d2".into();
+        let c: CallId = "00000000000000d3".into();
+        for id in [&a, &b, &c] {
+            j.call_opened(id, 1, CallSource::Phone);
+        }
+        j.call_discarded(&a);
+        assert!(j.live_call(&a).is_none());
+        j.call_failed(&b);
+        let r = rx.try_recv().unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.end_reason.as_deref()),
+            ("00000000000000d2", Some("internal_error"))
+        );
+        j.event(
+            &c,
+            SystemTime::now(),
+            &CallEvent::Ended(CallEnd::ModelLost("code 1011 call +14155550123".into())),
+        );
+        let r = rx.try_recv().unwrap();
+        assert!(!r.end_detail.unwrap().contains("4155550123"));
+        assert!(rx.try_recv().is_err(), "the discarded call is not a record");
+        assert_eq!(j.recent().len(), 1, "bounded by records.recent_in_memory");
+        assert_eq!(j.recent()[0].id, "00000000000000d3");
     }
 }

@@ -17,6 +17,9 @@ use crate::call::machine::{CallEvent, OperatorCommand};
 
 pub mod api;
 pub mod journal;
+pub mod metrics;
+pub mod recorder;
+pub mod store;
 
 /// A boxed future (the store trait is object-safe without an async-trait crate).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -53,6 +53,15 @@ pub async fn harness(
     sim: impl FnOnce(GeminiSimBuilder) -> GeminiSimBuilder,
     tweak: impl FnOnce(&mut Config),
 ) -> Harness {
+    harness_with_store(sim, tweak, None).await
+}
+
+/// [`harness`] with a call record store (see `callbridge::run::open_records`).
+pub async fn harness_with_store(
+    sim: impl FnOnce(GeminiSimBuilder) -> GeminiSimBuilder,
+    tweak: impl FnOnce(&mut Config),
+    store: Option<callbridge::run::StoreHandles>,
+) -> Harness {
     let sim = sim(GeminiSim::builder().keys(vec![API_KEY.into()]))
         .spawn()
         .await
@@ -73,7 +82,7 @@ pub async fn harness(
     config.validate().expect("valid test config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = callbridge::run::spawn(config, listener);
+    let state = callbridge::run::spawn_with_store(config, listener, store);
     let notes = state.notes.subscribe();
     Harness {
         sim,
