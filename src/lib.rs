@@ -9,7 +9,8 @@
 //! 2. [`call::driver`] — the only per-call async code: moves bytes, time and cancellation.
 //! 3. [`twilio::wire`] and [`gemini::wire`] — the two peers' JSON, parsed into typed events.
 //! 4. [`audio::transcode`] — the uplink and downlink audio pipelines.
-//! 5. [`server`] — the HTTP surface (`/twilio/voice`, `/twilio/media`, `/healthz`).
+//! 5. [`server`] — the HTTP surface (`/twilio/voice`, `/twilio/media`, `/healthz`), with
+//!    [`ops::api`] (the operator API, dashboard and browser phone) merged in.
 //! 6. [`sim`] — the built-in Gemini simulator and simulated Twilio caller (demo and tests).
 //!
 //! Dependencies point down: `call` uses `gemini`, `twilio` and `audio`, never the reverse.

@@ -1,5 +1,6 @@
 //! The HTTP surface: `POST /twilio/voice` (TwiML), `GET /twilio/media` (the Media Streams
-//! WebSocket), `GET /healthz`, `GET /metrics`.
+//! WebSocket), `GET /healthz`, `GET /metrics`; the operator API, dashboard and browser phone
+//! are merged in from [`crate::ops::api`].
 //!
 //! Owns the shared [`AppState`] (configuration, the registry of live calls, the call tasks) and
 //! the listener, and authenticates Twilio before anything costs money: `X-Twilio-Signature` on
@@ -221,7 +222,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/debug/stats", get(debug_stats))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::ops::api::router(state))
 }
 
 /// Binds and serves until `state.shutdown` fires, then waits for live calls to finish.
@@ -434,12 +436,40 @@ async fn media_stream(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    let origin = CallOrigin {
+        source: crate::ops::CallSource::Phone,
+        stream_guard: validate.then(|| stream_guard(state.stream_tokens.clone())),
+        control: state.control.clone(),
+    };
+    accept_call(state, ws, origin)
+}
+
+/// A check on a new stream's first `start` (see [`CallContext::stream_guard`]).
+pub type StreamGuard = Arc<dyn Fn(&crate::twilio::wire::StreamStart) -> bool + Send + Sync>;
+
+/// Who placed a call and what the bridge may do to it: what differs between a phone call and
+/// a browser-phone call. Everything else about running a call is shared ([`accept_call`]).
+pub struct CallOrigin {
+    /// Phone (provider stream) or browser phone.
+    pub source: crate::ops::CallSource,
+    /// Checked on the stream's first `start` (stream token); `None` skips the check.
+    pub stream_guard: Option<StreamGuard>,
+    /// Call control (provider REST); `None` ends the call by closing the stream, and
+    /// transfers and DTMF fail with an error the model or the operator is told.
+    pub control: Option<Arc<dyn CallControl>>,
+}
+
+/// Upgrades a media WebSocket (Media Streams protocol) and runs one call on it through
+/// [`driver::run_call`], as a tracked task listed in [`AppState::calls`]. Refused with 503
+/// while draining or at `limits.max_calls`. Used by `/twilio/media` and the browser phone.
+pub fn accept_call(state: Arc<AppState>, ws: WebSocketUpgrade, origin: CallOrigin) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     if state.calls.len() >= state.config.limits.max_calls {
         tracing::warn!(
             max = state.config.limits.max_calls,
+            source = origin.source.as_str(),
             "call refused: at the concurrent call limit"
         );
         return (StatusCode::SERVICE_UNAVAILABLE, "at capacity\n").into_response();
@@ -465,26 +495,7 @@ async fn media_stream(
                 },
             );
             let call_id = crate::ops::new_call_id();
-            let ctx = CallContext {
-                conn,
-                settings: state.settings.clone(),
-                gemini_url: state.config.gemini.url.as_str().into(),
-                credential: state.credential.clone(),
-                connect_timeout: Duration::from_millis(state.config.gemini.connect_timeout_ms),
-                notes: Some(state.notes.clone()),
-                control: state.control.clone(),
-                control_settings: state.control_settings.clone(),
-                parked: state.parked.clone(),
-                tools: state.tools.clone(),
-                tool_configs: Arc::new(state.config.tools.webhooks.clone()),
-                shutdown: state.shutdown.clone(),
-                stream_guard: validate.then(|| stream_guard(state.stream_tokens.clone())),
-                stats: state.stats.clone(),
-                call_id: call_id.clone(),
-                source: crate::ops::CallSource::Phone,
-                observers: state.observers.clone(),
-                commands: state.commands.clone(),
-            };
+            let ctx = call_context(&state, conn, call_id.clone(), origin);
             let span = tracing::info_span!(
                 "call",
                 conn,
@@ -520,11 +531,39 @@ async fn media_stream(
         })
 }
 
+/// The context one call runs with: the bridge's shared pieces plus what `origin` decides.
+fn call_context(
+    state: &AppState,
+    conn: u64,
+    call_id: crate::ops::CallId,
+    origin: CallOrigin,
+) -> CallContext {
+    CallContext {
+        conn,
+        settings: state.settings.clone(),
+        gemini_url: state.config.gemini.url.as_str().into(),
+        credential: state.credential.clone(),
+        connect_timeout: Duration::from_millis(state.config.gemini.connect_timeout_ms),
+        notes: Some(state.notes.clone()),
+        control: origin.control,
+        control_settings: state.control_settings.clone(),
+        parked: state.parked.clone(),
+        tools: state.tools.clone(),
+        tool_configs: Arc::new(state.config.tools.webhooks.clone()),
+        shutdown: state.shutdown.clone(),
+        stream_guard: origin.stream_guard,
+        stats: state.stats.clone(),
+        call_id,
+        source: origin.source,
+        observers: state.observers.clone(),
+        commands: state.commands.clone(),
+    }
+}
+
 /// The guard a new (non-continuation) stream must pass: its `start` carries an unused,
-/// unexpired stream token issued by the voice webhook for the same CallSid.
-fn stream_guard(
-    tokens: Arc<StreamTokens>,
-) -> Arc<dyn Fn(&crate::twilio::wire::StreamStart) -> bool + Send + Sync> {
+/// unexpired stream token issued for the same CallSid (by the voice webhook, or by
+/// `POST /api/phone` for the browser phone).
+pub fn stream_guard(tokens: Arc<StreamTokens>) -> StreamGuard {
     Arc::new(move |start| {
         let token = start
             .custom_parameters

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::call::machine::{CallEvent, OperatorCommand};
 
+pub mod api;
 pub mod journal;
 pub mod metrics;
 pub mod recorder;
