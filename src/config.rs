@@ -17,8 +17,8 @@ use serde::Deserialize;
 /// Google's documented Live endpoint (API key in the `x-goog-api-key` header).
 pub const DEFAULT_GEMINI_URL: &str =
     "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
-/// Default Live model.
-pub const DEFAULT_MODEL: &str = "gemini-2.5-flash-native-audio-preview-12-2025";
+/// Default Live model (the first row of the model profile table).
+pub const DEFAULT_MODEL: &str = crate::gemini::profile::DEFAULT_MODEL;
 /// Default Twilio REST base URL.
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 
@@ -174,15 +174,23 @@ pub struct PricingConfig {
 }
 
 impl Default for PricingConfig {
+    /// The default model's prices (`gemini::profile`, sources there). When the file has no
+    /// `[pricing]` table, [`Config::load`] uses the configured model's profile instead.
     fn default() -> Self {
-        // Gemini 2.5 Flash native-audio Live prices (USD per 1M tokens, paid tier).
+        PricingConfig::from_prices(&crate::gemini::profile::PROFILES[0].prices)
+    }
+}
+
+impl PricingConfig {
+    /// A model profile's prices (other modalities at the audio price).
+    pub fn from_prices(p: &crate::gemini::profile::Prices) -> Self {
         PricingConfig {
-            input_text: 0.50,
-            input_audio: 3.00,
-            input_other: 3.00,
-            output_text: 2.00,
-            output_audio: 12.00,
-            output_other: 12.00,
+            input_text: p.input_text,
+            input_audio: p.input_audio,
+            input_other: p.input_audio,
+            output_text: p.output_text,
+            output_audio: p.output_audio,
+            output_other: p.output_audio,
         }
     }
 }
@@ -196,7 +204,8 @@ impl PricingConfig {
             ("prompt", "TEXT") => self.input_text,
             ("prompt", "AUDIO") => self.input_audio,
             ("prompt", _) => self.input_other,
-            (_, "TEXT") => self.output_text,
+            // Thinking tokens are billed as output text.
+            (_, "TEXT" | "THOUGHTS") => self.output_text,
             (_, "AUDIO") => self.output_audio,
             _ => self.output_other,
         };
@@ -347,8 +356,33 @@ pub struct GeminiConfig {
     /// `api_key` (header `x-goog-api-key`) or `ephemeral_token` (v1alpha constrained endpoint,
     /// `access_token`). The secret itself comes from env `GEMINI_API_KEY`.
     pub auth: String,
-    /// Live model id.
+    /// Live model id (Vertex: the bare id; the resource path is built from project/location).
     pub model: String,
+    /// Pin the behaviour profile by name for a model id the bridge does not know
+    /// (`gemini::profile`); empty: the model id's own profile (unknown ids: the default's).
+    pub profile: String,
+    /// `gemini` (Gemini Developer API, `GEMINI_API_KEY`) or `vertex` (Vertex AI, OAuth2).
+    pub backend: Backend,
+    /// Vertex AI: Google Cloud project id.
+    pub project: String,
+    /// Vertex AI: region of the Live endpoint, e.g. `us-central1`.
+    pub location: String,
+    /// Thinking: `auto` (the profile's choice for phone latency: 2.5 gets budget 0, 3.x their
+    /// minimum), `off`, `level` (`thinking_level`) or `budget` (`thinking_budget`).
+    pub thinking: ThinkingMode,
+    /// With `thinking = "level"`: `minimal`, `low`, `medium` or `high` (3.1, 3.8 extended).
+    pub thinking_level: ThinkingLevel,
+    /// With `thinking = "budget"`: thinking tokens per turn (2.5; 0 = none).
+    pub thinking_budget: u32,
+    /// Affective dialog (2.5 only; removed in 3.8).
+    pub affective_dialog: bool,
+    /// Proactive audio: the model may stay silent when not addressed (2.5; always on in 3.8).
+    pub proactive_audio: bool,
+    /// Open one model session at start-up (and every `preflight_interval_secs`) to check that
+    /// the model accepts our setup; reported in `/healthz` and `/metrics`.
+    pub preflight: bool,
+    /// Seconds between preflight checks (0 = only at start-up).
+    pub preflight_interval_secs: u64,
     /// Prebuilt voice name (case-sensitive).
     pub voice: String,
     /// BCP-47 language code; empty lets native-audio models detect it.
@@ -390,6 +424,17 @@ impl Default for GeminiConfig {
             url: DEFAULT_GEMINI_URL.into(),
             auth: "api_key".into(),
             model: DEFAULT_MODEL.into(),
+            profile: String::new(),
+            backend: Backend::Gemini,
+            project: String::new(),
+            location: String::new(),
+            thinking: ThinkingMode::Auto,
+            thinking_level: ThinkingLevel::Minimal,
+            thinking_budget: 0,
+            affective_dialog: false,
+            proactive_audio: false,
+            preflight: true,
+            preflight_interval_secs: 600,
             voice: "Kore".into(),
             language: "en-US".into(),
             system_instruction:
@@ -412,6 +457,71 @@ impl Default for GeminiConfig {
             api_key: Secret::default(),
         }
     }
+}
+
+/// `gemini.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The Gemini Developer API.
+    Gemini,
+    /// Vertex AI.
+    Vertex,
+}
+
+/// `gemini.thinking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThinkingMode {
+    /// The profile's choice for low latency.
+    Auto,
+    /// No thinking (2.5: budget 0; 3.1: level minimal; 3.8: omitted).
+    Off,
+    /// `thinking_level`.
+    Level,
+    /// `thinking_budget`.
+    Budget,
+}
+
+/// `gemini.thinking_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThinkingLevel {
+    /// `MINIMAL`.
+    Minimal,
+    /// `LOW`.
+    Low,
+    /// `MEDIUM`.
+    Medium,
+    /// `HIGH`.
+    High,
+}
+
+impl ThinkingLevel {
+    /// The wire value.
+    pub fn as_wire(self) -> &'static str {
+        match self {
+            ThinkingLevel::Minimal => "MINIMAL",
+            ThinkingLevel::Low => "LOW",
+            ThinkingLevel::Medium => "MEDIUM",
+            ThinkingLevel::High => "HIGH",
+        }
+    }
+}
+
+/// `tools.webhooks[].scheduling`: how the model hears a webhook tool's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolScheduling {
+    /// Spoken about once the model's current turn is over (NON_BLOCKING models).
+    #[default]
+    WhenIdle,
+    /// Cuts the model's current turn to speak about it.
+    Interrupt,
+    /// Added to the context; the model says nothing about it.
+    Silent,
+    /// Declared BLOCKING: the model waits for the result (not on 3.8 extended thinking).
+    Blocking,
 }
 
 /// `[gemini.vad]` — maps to `realtimeInputConfig`.
@@ -655,6 +765,11 @@ pub struct WebhookToolConfig {
     /// Time allowed for the answer, ms.
     #[serde(default = "default_tool_timeout")]
     pub timeout_ms: u64,
+    /// How the model hears the result: `when_idle`, `interrupt`, `silent` or `blocking`. On
+    /// models whose tools are BLOCKING by default (2.5, 3.1) every tool is declared BLOCKING
+    /// and this only matters as `blocking`.
+    #[serde(default)]
+    pub scheduling: ToolScheduling,
 }
 
 fn default_tool_timeout() -> u64 {
@@ -667,17 +782,25 @@ pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl Config {
     /// Loads `path` (or the defaults when `None`), applies environment overrides and validates.
     pub fn load(path: Option<&Path>, env: EnvFn<'_>) -> Result<Config, ConfigError> {
-        let mut cfg = match path {
+        let (mut cfg, pricing_given) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                     path: p.display().to_string(),
                     source,
                 })?;
-                Config::from_toml(&text, &p.display().to_string())?
+                let cfg = Config::from_toml(&text, &p.display().to_string())?;
+                let given = text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("pricing"));
+                (cfg, given)
             }
-            None => Config::default(),
+            None => (Config::default(), false),
         };
         cfg.apply_env(env);
+        if !pricing_given {
+            // No [pricing] table: the configured model's own prices.
+            cfg.pricing = PricingConfig::from_prices(&cfg.model_profile().0.prices);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -737,6 +860,125 @@ impl Config {
         }
     }
 
+    /// The behaviour profile of the configured model (`gemini.profile` pins one).
+    pub fn model_profile(
+        &self,
+    ) -> (
+        &'static crate::gemini::profile::ModelProfile,
+        crate::gemini::profile::Match,
+    ) {
+        let pin = (!self.gemini.profile.is_empty()).then_some(self.gemini.profile.as_str());
+        crate::gemini::profile::resolve(&self.gemini.model, pin)
+    }
+
+    /// The `gemini` keys the model's profile allows, requires or refuses.
+    fn check_model_profile(&self) -> Result<(), ConfigError> {
+        use crate::gemini::profile::{self as mp, ProactivityRule, ThinkingRule};
+        let g = &self.gemini;
+        if !g.profile.is_empty() && mp::by_name(&g.profile).is_none() {
+            return Err(invalid(
+                "gemini.profile",
+                &g.profile,
+                &format!("expected one of: {}", mp::names().join(", ")),
+            ));
+        }
+        let (p, how) = self.model_profile();
+        let name = p.name;
+        match g.backend {
+            Backend::Vertex => {
+                for (key, v) in [
+                    ("gemini.project", &g.project),
+                    ("gemini.location", &g.location),
+                ] {
+                    let ok = !v.is_empty()
+                        && v.len() <= 63
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                    if !ok {
+                        return Err(invalid(
+                            key,
+                            v,
+                            "gemini.backend = \"vertex\" needs a project id and a location such as us-central1",
+                        ));
+                    }
+                }
+                if how == mp::Match::Known
+                    && p.backend == mp::Backend::GeminiApi
+                    && p.status != mp::Status::Stable
+                {
+                    return Err(invalid(
+                        "gemini.model",
+                        &g.model,
+                        "a Gemini Developer API preview id; Vertex AI serves e.g. gemini-live-2.5-flash-native-audio or gemini-3.8-live",
+                    ));
+                }
+            }
+            Backend::Gemini => {
+                if how == mp::Match::Known && p.backend == mp::Backend::Vertex {
+                    return Err(invalid(
+                        "gemini.model",
+                        &g.model,
+                        "a Vertex AI model id; set gemini.backend = \"vertex\" (with project and location) or use gemini-3.8-live",
+                    ));
+                }
+            }
+        }
+        let refuse = |key: &str, value: &str, why: &str| -> Result<(), ConfigError> {
+            Err(invalid(key, value, &format!("{name} {why}")))
+        };
+        match (p.thinking, g.thinking) {
+            (ThinkingRule::Forbidden, ThinkingMode::Level | ThinkingMode::Budget) => refuse(
+                "gemini.thinking",
+                "level/budget",
+                "refuses thinkingConfig; use \"auto\" or \"off\"",
+            )?,
+            (ThinkingRule::Budget, ThinkingMode::Level) => refuse(
+                "gemini.thinking",
+                "level",
+                "takes a thinking budget, not a level; use \"budget\" (0 = no thinking) or \"off\"",
+            )?,
+            (ThinkingRule::Level | ThinkingRule::LevelRequired, ThinkingMode::Budget) => refuse(
+                "gemini.thinking",
+                "budget",
+                "takes a thinking level, not a budget; use \"level\"",
+            )?,
+            (ThinkingRule::LevelRequired, ThinkingMode::Off) => refuse(
+                "gemini.thinking",
+                "off",
+                "requires a thinking level; use \"level\" or \"auto\" with thinking_level",
+            )?,
+            _ => {}
+        }
+        if g.thinking == ThinkingMode::Budget && g.thinking_budget > 24_576 {
+            return Err(invalid(
+                "gemini.thinking_budget",
+                g.thinking_budget,
+                "expected 0..=24576",
+            ));
+        }
+        if g.affective_dialog && !p.affective_dialog {
+            refuse(
+                "gemini.affective_dialog",
+                "true",
+                "does not support affective dialog",
+            )?;
+        }
+        if g.proactive_audio && p.proactivity == ProactivityRule::Forbidden {
+            refuse(
+                "gemini.proactive_audio",
+                "true",
+                "does not support proactive audio",
+            )?;
+        }
+        if g.preflight_interval_secs > 86_400 {
+            return Err(invalid(
+                "gemini.preflight_interval_secs",
+                g.preflight_interval_secs,
+                "expected 0..=86400",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every value; the error names the key and the bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server
@@ -776,6 +1018,7 @@ impl Config {
         if g.model.trim().is_empty() || g.model.contains(char::is_whitespace) {
             return Err(invalid("gemini.model", &g.model, "expected a model id"));
         }
+        self.check_model_profile()?;
         if !crate::gemini::setup::is_known_voice(&g.voice) {
             return Err(invalid(
                 "gemini.voice",
@@ -1109,6 +1352,19 @@ impl Config {
                     &format!("{key}.timeout_ms"),
                     w.timeout_ms,
                     "expected 1..=60000",
+                ));
+            }
+            let profile = self.model_profile().0;
+            if w.scheduling == ToolScheduling::Blocking
+                && !profile.allows(crate::gemini::profile::ToolBehavior::Blocking)
+            {
+                return Err(invalid(
+                    &format!("{key}.scheduling"),
+                    "blocking",
+                    &format!(
+                        "{} takes asynchronous (NON_BLOCKING) tools only; use when_idle, interrupt or silent",
+                        profile.name
+                    ),
                 ));
             }
         }

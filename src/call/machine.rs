@@ -19,10 +19,14 @@ use serde_json::json;
 
 use crate::audio::transcode::{AudioError, Downlink, Uplink};
 use crate::config::{Config, TransferDestination};
+use crate::gemini::profile::{ModelProfile, NoteForm, ProactivityRule, ThinkingRule, ToolBehavior};
 use crate::gemini::setup::{
-    ActivityDetection, ContextCompression, FunctionDeclaration, SetupParams,
+    ActivityDetection, ContextCompression, FunctionDeclaration, SetupParams, Thinking,
 };
-use crate::gemini::wire::{FunctionCall, FunctionResponse, ModelEvent, Role, Turn, UsageMetadata};
+use crate::gemini::wire::{
+    FunctionCall, FunctionResponse, InteractionStatus, ModelEvent, Role, Scheduling, Turn,
+    UsageMetadata,
+};
 use crate::twilio::wire::{CallerEvent, StreamStart};
 
 /// One 20 ms μ-law frame at 8 kHz.
@@ -37,8 +41,15 @@ const FLUSH_CHUNK_FRAMES: usize = 5;
 /// Per-call settings, derived once from [`Config`] and shared by all calls.
 #[derive(Debug, Clone)]
 pub struct CallSettings {
+    /// What the configured model does and accepts.
+    pub profile: &'static ModelProfile,
     /// The `setup` the model session is opened with (tools included).
     pub setup: SetupParams,
+    /// Call-control tools (`end_call`, `transfer_call`, `send_dtmf`) are NON_BLOCKING: the model
+    /// keeps talking around the call, successes are answered `SILENT`.
+    pub call_control_async: bool,
+    /// Operator webhook tools: the scheduling their results carry (None: declared BLOCKING).
+    pub webhook_scheduling: HashMap<String, Option<Scheduling>>,
     /// Text sent as a user turn right after `setupComplete` to make the agent speak first.
     pub greeting: Option<String>,
     /// Most audio queued ahead of real time at the caller's side.
@@ -107,6 +118,10 @@ impl CallSettings {
     /// Derives the settings (and the tool declarations) from the configuration.
     pub fn from_config(cfg: &Config) -> CallSettings {
         let g = &cfg.gemini;
+        let profile = cfg.model_profile().0;
+        let control_behavior = profile.async_tool_behavior();
+        let call_control_async = control_behavior == ToolBehavior::NonBlocking;
+        let control = Some(control_behavior.as_str().to_string());
         let mut tools = vec![FunctionDeclaration {
             name: "end_call".into(),
             description:
@@ -117,7 +132,7 @@ impl CallSettings {
                 "type": "OBJECT",
                 "properties": {"reason": {"type": "STRING", "description": "Why the call is ending."}}
             })),
-            behavior: None,
+            behavior: control.clone(),
         }];
         let destinations: Vec<String> = cfg.transfer.destinations.keys().cloned().collect();
         let transfer_allow = (!cfg.transfer.allow_pattern.is_empty())
@@ -156,7 +171,7 @@ impl CallSettings {
                     "properties": {"destination": destination},
                     "required": ["destination"]
                 })),
-                behavior: None,
+                behavior: control.clone(),
             });
         }
         if cfg.tools.send_dtmf {
@@ -174,18 +189,45 @@ impl CallSettings {
                     }},
                     "required": ["digits"]
                 })),
-                behavior: None,
+                behavior: control.clone(),
             });
         }
-        tools.extend(crate::call::tools::declarations(&cfg.tools.webhooks));
+        let mut webhook_scheduling = HashMap::new();
+        let mut webhook_tools = crate::call::tools::declarations(&cfg.tools.webhooks);
+        for (decl, w) in webhook_tools.iter_mut().zip(&cfg.tools.webhooks) {
+            use crate::config::ToolScheduling as S;
+            let (behavior, scheduling) = match (w.scheduling, control_behavior) {
+                (S::Blocking, _) | (_, ToolBehavior::Blocking) => (ToolBehavior::Blocking, None),
+                (S::WhenIdle, _) => (ToolBehavior::NonBlocking, Some(Scheduling::WhenIdle)),
+                (S::Interrupt, _) => (ToolBehavior::NonBlocking, Some(Scheduling::Interrupt)),
+                (S::Silent, _) => (ToolBehavior::NonBlocking, Some(Scheduling::Silent)),
+            };
+            decl.behavior = Some(behavior.as_str().to_string());
+            webhook_scheduling.insert(w.name.clone(), scheduling);
+        }
+        tools.extend(webhook_tools);
         let sensitivity = |v: &str, kind: &str| match v {
             "low" => Some(format!("{kind}_SENSITIVITY_LOW")),
             "high" => Some(format!("{kind}_SENSITIVITY_HIGH")),
             _ => None,
         };
         let non_zero = |v: u32| (v > 0).then_some(v);
+        let model = match g.backend {
+            crate::config::Backend::Vertex if !g.model.starts_with("projects/") => format!(
+                "projects/{}/locations/{}/publishers/google/models/{}",
+                g.project,
+                g.location,
+                crate::gemini::profile::bare_id(&g.model)
+            ),
+            _ => g.model.clone(),
+        };
         let setup = SetupParams {
-            model: g.model.clone(),
+            model,
+            thinking: thinking_config(profile, g),
+            affective_dialog: (g.affective_dialog && profile.affective_dialog).then_some(true),
+            proactive_audio: (g.proactive_audio
+                && profile.proactivity == ProactivityRule::Optional)
+                .then_some(true),
             voice: Some(g.voice.clone()),
             language: (!g.language.is_empty()).then(|| g.language.clone()),
             system_instruction: (!g.system_instruction.is_empty())
@@ -218,7 +260,10 @@ impl CallSettings {
             }),
         };
         CallSettings {
+            profile,
             setup,
+            call_control_async,
+            webhook_scheduling,
             greeting: g.greeting.then(|| g.greeting_instruction.clone()),
             playout_lead: Duration::from_millis(cfg.playout.lead_ms.into()),
             playout_refill: Duration::from_millis(cfg.playout.refill_ms.into()),
@@ -250,6 +295,23 @@ impl CallSettings {
             idle_stream: Duration::from_secs(cfg.limits.idle_stream_secs),
             shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace_secs),
         }
+    }
+}
+
+/// `thinkingConfig` for the configured thinking mode, as the profile takes it (config
+/// validation has refused the combinations the profile forbids).
+fn thinking_config(profile: &ModelProfile, g: &crate::config::GeminiConfig) -> Option<Thinking> {
+    use crate::config::ThinkingMode as M;
+    match (profile.thinking, g.thinking) {
+        (ThinkingRule::Forbidden, _) => None,
+        // Dynamic thinking adds latency to every turn of a phone call: off unless asked for.
+        (ThinkingRule::Budget, M::Auto | M::Off | M::Level) => Some(Thinking::Budget(0)),
+        (ThinkingRule::Budget, M::Budget) => Some(Thinking::Budget(g.thinking_budget)),
+        // 3.1 defaults to MINIMAL already.
+        (ThinkingRule::Level, M::Auto | M::Budget) => None,
+        (ThinkingRule::Level, M::Off) => Some(Thinking::Level("MINIMAL")),
+        (ThinkingRule::Level, M::Level) => Some(Thinking::Level(g.thinking_level.as_wire())),
+        (ThinkingRule::LevelRequired, _) => Some(Thinking::Level(g.thinking_level.as_wire())),
     }
 }
 
@@ -1315,6 +1377,9 @@ impl Call {
                 }
             }
             ModelEvent::Usage(u) => self.outputs.push_back(Output::Event(CallEvent::Usage(u))),
+            ModelEvent::TurnCompleteReason(_)
+            | ModelEvent::InteractionStatus(_)
+            | ModelEvent::WaitingForInput => {}
             ModelEvent::ToolCall(calls) => {
                 for call in calls {
                     self.on_tool_call(call, now);
@@ -1516,6 +1581,7 @@ impl Call {
                     id: id.clone(),
                     name: name.clone(),
                     response: body,
+                    scheduling: None,
                 }]));
             self.outputs
                 .push_back(Output::Event(CallEvent::ToolResult { id, name, ok }));
@@ -1527,6 +1593,7 @@ impl Call {
                     id: id.clone(),
                     name: name.clone(),
                     response: body,
+                    scheduling: None,
                 },
             ])));
         self.outputs

@@ -2,5 +2,6 @@
 //! WebSocket connection.
 
 pub mod connect;
+pub mod profile;
 pub mod setup;
 pub mod wire;

@@ -40,6 +40,21 @@ pub struct SetupParams {
     pub vad: ActivityDetection,
     /// Sliding-window context compression (lets sessions outlive the 15-minute audio limit).
     pub context_compression: Option<ContextCompression>,
+    /// `generationConfig.thinkingConfig`; None omits it (required by 3.8, which refuses it).
+    pub thinking: Option<Thinking>,
+    /// `generationConfig.enableAffectiveDialog`; None omits it.
+    pub affective_dialog: Option<bool>,
+    /// `proactivity.proactiveAudio`; None omits `proactivity`.
+    pub proactive_audio: Option<bool>,
+}
+
+/// `generationConfig.thinkingConfig`: a token budget (2.5) or a level (3.x).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Thinking {
+    /// `thinkingBudget` in tokens (0 = no thinking).
+    Budget(u32),
+    /// `thinkingLevel`: `MINIMAL` | `LOW` | `MEDIUM` | `HIGH`.
+    Level(&'static str),
 }
 
 /// One function the model may call (`tools[].functionDeclarations[]`).
@@ -129,7 +144,8 @@ pub fn is_known_voice(name: &str) -> bool {
 /// `responseModalities: ["AUDIO"]` — native-audio models reject setups without it — and adds
 /// `speechConfig` when a voice or language is given.
 pub fn setup_message(p: &SetupParams) -> String {
-    let model = if p.model.starts_with("models/") {
+    // A Vertex resource path (`projects/…/publishers/google/models/…`) goes as it is.
+    let model = if p.model.starts_with("models/") || p.model.starts_with("projects/") {
         p.model.clone()
     } else {
         format!("models/{}", p.model)
@@ -165,6 +181,17 @@ pub fn setup_message(p: &SetupParams) -> String {
         generation_config: GenerationConfig {
             response_modalities: ["AUDIO"],
             speech_config,
+            thinking_config: p.thinking.as_ref().map(|t| match t {
+                Thinking::Budget(b) => ThinkingConfig {
+                    thinking_budget: Some(*b),
+                    thinking_level: None,
+                },
+                Thinking::Level(l) => ThinkingConfig {
+                    thinking_budget: None,
+                    thinking_level: Some(l),
+                },
+            }),
+            enable_affective_dialog: p.affective_dialog,
         },
         system_instruction: p.system_instruction.as_deref().map(|text| Content {
             role: "user",
@@ -189,6 +216,9 @@ pub fn setup_message(p: &SetupParams) -> String {
         }),
         input_audio_transcription: p.input_transcription.then_some(Empty {}),
         output_audio_transcription: p.output_transcription.then_some(Empty {}),
+        proactivity: p
+            .proactive_audio
+            .map(|proactive_audio| Proactivity { proactive_audio }),
     };
     // Cannot fail: string keys only, and `Value` cannot hold a non-finite number.
     serde_json::to_string(&SetupEnvelope { setup }).expect("setup message always serialises")
@@ -218,6 +248,23 @@ struct Setup<'a> {
     input_audio_transcription: Option<Empty>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_audio_transcription: Option<Empty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proactivity: Option<Proactivity>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Proactivity {
+    proactive_audio: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThinkingConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_budget: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_level: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -226,6 +273,10 @@ struct GenerationConfig<'a> {
     response_modalities: [&'static str; 1],
     #[serde(skip_serializing_if = "Option::is_none")]
     speech_config: Option<SpeechConfig<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_config: Option<ThinkingConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enable_affective_dialog: Option<bool>,
 }
 
 #[derive(Serialize)]

@@ -40,6 +40,15 @@ pub enum ModelEvent {
     Interrupted,
     /// The model finished generating this turn (its audio may still be playing out).
     GenerationComplete,
+    /// Why the turn ended (`serverContent.turnCompleteReason`), when the server said; comes
+    /// just before its [`ModelEvent::TurnComplete`]. `TURN_COMPLETE_REASON_UNSPECIFIED` is not
+    /// reported.
+    TurnCompleteReason(String),
+    /// `serverContent.interactionStatus`; comes before the `TurnComplete` it goes with.
+    InteractionStatus(InteractionStatus),
+    /// `serverContent.waitingForInput: true`: the model is deliberately silent, waiting for
+    /// the caller to go on.
+    WaitingForInput,
     /// The model's turn is over.
     TurnComplete,
     /// Token usage, usually attached to the `turnComplete` frame; per turn, not cumulative.
@@ -88,6 +97,9 @@ pub struct UsageMetadata {
     pub prompt_details: Vec<(String, u64)>,
     /// `responseTokensDetails[]` as `(modality, tokenCount)`.
     pub response_details: Vec<(String, u64)>,
+    /// `thoughtsTokenCount`: thinking tokens, billed as output text, not part of
+    /// `responseTokenCount`.
+    pub thoughts_token_count: u64,
 }
 
 /// Why a server frame could not be decoded. Field paths use the camelCase names.
@@ -342,10 +354,35 @@ fn server_content(sc: &Map<String, Value>, events: &mut Vec<ModelEvent>) -> Resu
     if opt_bool(sc, "generationComplete", "serverContent.generationComplete")? {
         events.push(ModelEvent::GenerationComplete);
     }
+    if let Some(v) = get(sc, "turnCompleteReason") {
+        let reason = as_str(v, "serverContent.turnCompleteReason")?;
+        if !reason.is_empty() && reason != "TURN_COMPLETE_REASON_UNSPECIFIED" {
+            events.push(ModelEvent::TurnCompleteReason(bounded(reason)));
+        }
+    }
+    if let Some(v) = get(sc, "interactionStatus") {
+        let status = as_str(v, "serverContent.interactionStatus")?;
+        let status = match status {
+            "IN_PROGRESS" => Some(InteractionStatus::InProgress),
+            "IDLE" => Some(InteractionStatus::Idle),
+            "" | "INTERACTION_STATUS_UNSPECIFIED" => None,
+            other => Some(InteractionStatus::Other(bounded(other))),
+        };
+        events.extend(status.map(ModelEvent::InteractionStatus));
+    }
+    if opt_bool(sc, "waitingForInput", "serverContent.waitingForInput")? {
+        events.push(ModelEvent::WaitingForInput);
+    }
     if opt_bool(sc, "turnComplete", "serverContent.turnComplete")? {
         events.push(ModelEvent::TurnComplete);
     }
     Ok(())
+}
+
+/// A peer-supplied enum value, cut to 64 characters (it reaches logs and metrics labels only
+/// through a fixed set, but is kept bounded anyway).
+fn bounded(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 fn model_part(
@@ -444,6 +481,7 @@ fn usage(u: &Map<String, Value>) -> Result<UsageMetadata, WireError> {
         total_token_count: opt_u64(u, "totalTokenCount", "usageMetadata")?,
         prompt_details: modality_counts(u, "promptTokensDetails")?,
         response_details: modality_counts(u, "responseTokensDetails")?,
+        thoughts_token_count: opt_u64(u, "thoughtsTokenCount", "usageMetadata")?,
     })
 }
 
@@ -682,6 +720,33 @@ pub struct FunctionResponse {
     pub name: String,
     /// By convention `{"output": …}` on success or `{"error": …}` on failure.
     pub response: Value,
+    /// For a NON_BLOCKING call: when the model speaks about the result. None (omitted) for
+    /// BLOCKING calls, where it has no meaning (gemini-live.md §6.3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<Scheduling>,
+}
+
+/// `FunctionResponse.scheduling` (NON_BLOCKING calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Scheduling {
+    /// Added to the context; the model does not speak about it.
+    Silent,
+    /// Spoken about once the model is idle (the API's default).
+    WhenIdle,
+    /// Cuts the model's current answer to speak about it.
+    Interrupt,
+}
+
+/// `serverContent.interactionStatus` (background-reasoning models).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InteractionStatus {
+    /// Still reasoning or running tools: `turnComplete` does not mean idle.
+    InProgress,
+    /// Done; waiting for input.
+    Idle,
+    /// A value this bridge does not know (kept, bounded, for the log).
+    Other(String),
 }
 
 #[derive(Serialize)]

@@ -133,6 +133,10 @@ impl TokenUsage {
                 added.push((direction, "UNSPECIFIED".into(), rest));
             }
         }
+        if u.thoughts_token_count > 0 {
+            *self.response.entry("THOUGHTS".into()).or_default() += u.thoughts_token_count;
+            added.push(("response", "THOUGHTS".into(), u.thoughts_token_count));
+        }
         self.total += u.total_token_count;
         added
     }

@@ -54,7 +54,15 @@ const DURATION_BUCKETS: [f64; 11] = [
     5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
 ];
 /// Modalities kept as label values (upper case); anything else is `other`.
-const MODALITIES: [&str; 6] = ["TEXT", "AUDIO", "IMAGE", "VIDEO", "DOCUMENT", "UNSPECIFIED"];
+const MODALITIES: [&str; 7] = [
+    "TEXT",
+    "AUDIO",
+    "IMAGE",
+    "VIDEO",
+    "DOCUMENT",
+    "THOUGHTS",
+    "UNSPECIFIED",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
