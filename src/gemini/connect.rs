@@ -1,14 +1,21 @@
 //! Opening the Gemini Live WebSocket (the model leg's transport).
 //!
-//! Owns: where we connect (API-key URL vs the ephemeral-token `…Constrained` URL), how the
-//! credential is presented (header or query), the WebSocket limits, the TLS crypto provider,
-//! the connect timeout, and turning failures and close frames into loggable, secret-free text.
+//! Owns: where we connect (API-key URL, the ephemeral-token `…Constrained` URL, or the
+//! regional Vertex AI URL), how the credential is presented (header or query), the WebSocket
+//! limits, the TLS crypto provider, the connect timeout, and turning failures and close frames
+//! into loggable, secret-free text.
+//!
+//! Vertex AI ([`Credential::Vertex`]): the access token comes from [`super::auth`] (cached,
+//! shared by all calls) and goes in `Authorization: Bearer`; no API key is sent. The URL rule:
+//! when the configured URL is still [`DEFAULT_URL`] (the config default), the regional Live
+//! endpoint for the location is dialled ([`vertex_url`]); any other configured URL (a proxy,
+//! a local simulator) is the operator's choice and is used as given.
 //!
 //! Does not own: any message content (see [`super::wire`] and [`super::setup`]), reading or
 //! writing the socket after the upgrade (that is `call::driver`), or retry policy.
 
 use std::fmt;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -16,8 +23,13 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
+use super::auth::{AuthError, TokenSource};
+
 /// The production endpoint for API keys (v1beta, as documented; also what SDK ≤2.x use).
 pub const DEFAULT_URL: &str = "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+
+/// Path of the Vertex AI Live method (v1; `v1beta1` serves the same protocol).
+pub const VERTEX_PATH: &str = "/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent";
 
 /// The only method that accepts ephemeral tokens.
 const CONSTRAINED_SEGMENT: &str =
@@ -33,22 +45,55 @@ pub type ModelSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How we authenticate to the Live API.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Credential {
     /// A Gemini API key, sent as header `x-goog-api-key` (never in the URL).
     ApiKey(String),
     /// An ephemeral token (`auth_tokens/…`), sent as `?access_token=` on the v1alpha
     /// `BidiGenerateContentConstrained` method.
     EphemeralToken(String),
+    /// Vertex AI: an OAuth2 access token from `tokens`, sent as `Authorization: Bearer`. With
+    /// the default URL the regional endpoint for `location` is dialled (see the module docs).
+    Vertex {
+        /// Region of the Live endpoint, e.g. `us-central1` (or `global`).
+        location: String,
+        /// The process-wide token cache ([`TokenSource::shared`]).
+        tokens: Arc<TokenSource>,
+    },
 }
 
 impl Credential {
-    fn secret(&self) -> &str {
-        match self {
-            Credential::ApiKey(s) | Credential::EphemeralToken(s) => s,
+    /// Vertex AI credentials for `location`, with the process-wide token source for the
+    /// process environment (`GOOGLE_APPLICATION_CREDENTIALS`, else the metadata server).
+    pub fn vertex_from_env(location: &str) -> Credential {
+        Credential::Vertex {
+            location: location.to_owned(),
+            tokens: TokenSource::shared(super::auth::Source::from_process_env()),
         }
     }
 }
+
+impl PartialEq for Credential {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Credential::ApiKey(a), Credential::ApiKey(b))
+            | (Credential::EphemeralToken(a), Credential::EphemeralToken(b)) => a == b,
+            (
+                Credential::Vertex {
+                    location: a,
+                    tokens: ta,
+                },
+                Credential::Vertex {
+                    location: b,
+                    tokens: tb,
+                },
+            ) => a == b && Arc::ptr_eq(ta, tb),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Credential {}
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -56,6 +101,9 @@ impl fmt::Debug for Credential {
         let (kind, s) = match self {
             Credential::ApiKey(s) => ("ApiKey", s),
             Credential::EphemeralToken(s) => ("EphemeralToken", s),
+            Credential::Vertex { location, tokens } => {
+                return write!(f, "Vertex({location}, tokens from {})", tokens.source())
+            }
         };
         write!(f, "{kind}(<redacted, {} chars>)", s.len())
     }
@@ -76,6 +124,17 @@ pub enum ConnectError {
     /// The credential cannot be put in an HTTP header (e.g. it contains a newline).
     #[error("model credential contains characters not allowed in an http header")]
     InvalidCredential,
+    /// Vertex AI: no access token could be had (key file, token endpoint, metadata server).
+    #[error("no Vertex AI access token: {0}")]
+    Auth(#[from] AuthError),
+    /// Vertex AI: the token source did not answer within the connect timeout.
+    #[error("no Vertex AI access token from {from} within {after:?}")]
+    AuthTimeout {
+        /// Where the token was asked for (a file path or metadata host; no secret).
+        from: String,
+        /// The connect timeout that expired.
+        after: Duration,
+    },
     /// The server answered the upgrade with an HTTP status instead of 101.
     #[error("model endpoint {url} refused the websocket upgrade with http status {status}{}", body_suffix(.body))]
     HttpStatus {
@@ -139,6 +198,8 @@ pub fn ensure_crypto_provider() {
 pub fn endpoint_url(url: &str, credential: &Credential) -> String {
     match credential {
         Credential::ApiKey(_) => url.to_owned(),
+        Credential::Vertex { location, .. } if url == DEFAULT_URL => vertex_url(location),
+        Credential::Vertex { .. } => url.to_owned(),
         Credential::EphemeralToken(token) => {
             let (base, query) = match url.split_once('?') {
                 Some((b, q)) => (b, Some(q)),
@@ -155,6 +216,16 @@ pub fn endpoint_url(url: &str, credential: &Credential) -> String {
             params.push(&token_param);
             format!("{base}?{}", params.join("&"))
         }
+    }
+}
+
+/// The regional Vertex AI Live endpoint: `wss://{location}-aiplatform.googleapis.com` + [`VERTEX_PATH`]
+/// (`global` has no regional prefix: `wss://aiplatform.googleapis.com`).
+pub fn vertex_url(location: &str) -> String {
+    if location == "global" {
+        format!("wss://aiplatform.googleapis.com{VERTEX_PATH}")
+    } else {
+        format!("wss://{location}-aiplatform.googleapis.com{VERTEX_PATH}")
     }
 }
 
@@ -203,16 +274,37 @@ pub fn redact_url(url: &str) -> String {
 /// [`Credential::ApiKey`] → header `x-goog-api-key` on `url` (usually [`DEFAULT_URL`]).
 /// [`Credential::EphemeralToken`] → the v1alpha `…BidiGenerateContentConstrained` URL (derived
 /// from `url` when it points at `BidiGenerateContent`) with `?access_token=<url-encoded>`;
-/// no key header. The whole attempt (DNS, TCP, TLS, upgrade) is bounded by `timeout`.
+/// no key header.
+/// [`Credential::Vertex`] → an access token (cached or fetched now) as
+/// `Authorization: Bearer`, no key header, on [`vertex_url`] when `url` is [`DEFAULT_URL`].
+/// The whole attempt (token, DNS, TCP, TLS, upgrade) is bounded by `timeout`.
 pub async fn connect(
     url: &str,
     credential: &Credential,
     timeout: Duration,
 ) -> Result<ModelSocket, ConnectError> {
     ensure_crypto_provider();
+    let started = tokio::time::Instant::now();
     let target = endpoint_url(url, credential);
     let shown = redact_url(&target);
-    let secret = credential.secret();
+    let token;
+    let secret: &str = match credential {
+        Credential::ApiKey(s) | Credential::EphemeralToken(s) => s,
+        Credential::Vertex { tokens, .. } => {
+            token = match tokio::time::timeout(timeout, tokens.token()).await {
+                Err(_elapsed) => {
+                    return Err(ConnectError::AuthTimeout {
+                        from: tokens.source().to_string(),
+                        after: timeout,
+                    })
+                }
+                Ok(Err(e)) => return Err(ConnectError::Auth(e)),
+                Ok(Ok(t)) => t,
+            };
+            token.secret()
+        }
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
 
     let mut request =
         target
@@ -232,10 +324,20 @@ pub async fn connect(
         }
     }
     let headers = request.headers_mut();
-    if let Credential::ApiKey(key) = credential {
-        let mut value = HeaderValue::from_str(key).map_err(|_| ConnectError::InvalidCredential)?;
-        value.set_sensitive(true);
-        headers.insert("x-goog-api-key", value);
+    match credential {
+        Credential::ApiKey(key) => {
+            let mut value =
+                HeaderValue::from_str(key).map_err(|_| ConnectError::InvalidCredential)?;
+            value.set_sensitive(true);
+            headers.insert("x-goog-api-key", value);
+        }
+        Credential::Vertex { .. } => {
+            let mut value = HeaderValue::from_str(&format!("Bearer {secret}"))
+                .map_err(|_| ConnectError::InvalidCredential)?;
+            value.set_sensitive(true);
+            headers.insert("authorization", value);
+        }
+        Credential::EphemeralToken(_) => {}
     }
     headers.insert(
         "user-agent",
@@ -251,7 +353,7 @@ pub async fn connect(
         .write_buffer_size(16 * 1024);
     // Nagle off: 20–40 ms audio frames must not wait for ACKs.
     let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    match tokio::time::timeout(timeout, attempt).await {
+    match tokio::time::timeout(remaining, attempt).await {
         Err(_elapsed) => Err(ConnectError::Timeout {
             url: shown,
             after: timeout,
@@ -349,6 +451,34 @@ mod tests {
         let t = Credential::EphemeralToken("auth_tokens/abc".into());
         assert_eq!(format!("{k:?}"), "ApiKey(<redacted, 10 chars>)");
         assert!(!format!("{t:?}").contains("abc"));
+    }
+
+    #[test]
+    fn vertex_url_rule() {
+        use crate::gemini::auth::{Source, TokenSource};
+        // The rule compares against the config's default; they must stay one URL.
+        assert_eq!(DEFAULT_URL, crate::config::DEFAULT_GEMINI_URL);
+        let v = Credential::Vertex {
+            location: "europe-west4".into(),
+            tokens: TokenSource::shared(Source::Metadata { host: "m".into() }),
+        };
+        assert_eq!(
+            endpoint_url(DEFAULT_URL, &v),
+            "wss://europe-west4-aiplatform.googleapis.com/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"
+        );
+        assert_eq!(
+            vertex_url("global"),
+            "wss://aiplatform.googleapis.com/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"
+        );
+        // An operator's URL (a proxy, the simulator) is kept.
+        let sim = format!("ws://127.0.0.1:9{VERTEX_PATH}");
+        assert_eq!(endpoint_url(&sim, &v), sim);
+        assert_eq!(
+            format!("{v:?}"),
+            "Vertex(europe-west4, tokens from metadata server m)"
+        );
+        assert_eq!(v, v.clone());
+        assert_ne!(v, Credential::ApiKey("k".into()));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The simulator's network shell: axum listener, upgrade checks and the per-socket loop.
 //!
 //! Owns routing (404 for anything but the Live paths, after collapsing leading slashes),
-//! credential extraction (`?key=`, `x-goog-api-key`, `?access_token=`, `Authorization: Token`),
-//! the 429 upgrade fault, frame opcodes and close handshakes. Every protocol decision is
-//! delegated to the sans-IO [`Session`]; this file only moves frames and time.
+//! credential extraction (`?key=`, `x-goog-api-key`, `?access_token=`, `Authorization: Token`,
+//! and on the Vertex AI route only `Authorization: Bearer`), the 429 upgrade fault, the 401
+//! for a Vertex upgrade without an accepted bearer token, frame opcodes and close handshakes.
+//! Every protocol decision is delegated to the sans-IO [`Session`]; this file only moves
+//! frames and time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +52,7 @@ pub(crate) fn app(
 
 async fn upgrade(State(st): State<AppState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
-    let Some((version, _constrained)) = proto::match_route(&path) else {
+    let Some((version, method)) = proto::match_route(&path) else {
         return reject(&st.shared, path, StatusCode::NOT_FOUND);
     };
     let faults = &st.shared.config.scenario.faults;
@@ -64,16 +66,33 @@ async fn upgrade(State(st): State<AppState>, req: Request) -> Response {
             return reject(&st.shared, path, status);
         }
     }
-    let credentials = credentials(req.uri().query().unwrap_or(""), req.headers());
+    let vertex = method == proto::Method::Vertex;
+    // Vertex AI takes only OAuth2 bearer tokens; the Gemini API routes never look at them.
+    let credentials: Vec<_> = credentials(req.uri().query().unwrap_or(""), req.headers())
+        .into_iter()
+        .filter(|(source, _)| (*source == "bearer-header") == vertex)
+        .collect();
+    let config = &st.shared.config;
+    let keys = if vertex && !config.bearer_tokens.is_empty() {
+        &config.bearer_tokens
+    } else {
+        &config.keys
+    };
+    let accepted = credentials
+        .iter()
+        .find(|(_, c)| !c.is_empty() && (keys.is_empty() || keys.iter().any(|k| k == c)));
+    if vertex && accepted.is_none() {
+        // Refused on the upgrade with 401, not accepted-then-closed like a bad API key: Google's
+        // front end checks OAuth2 credentials before a request reaches the service (REST calls
+        // with a bad token get 401 UNAUTHENTICATED). Unverified for the Live socket itself
+        // (spec §2.1 lists the route only); the bridge treats either as a failed connection.
+        return reject_unauthenticated(&st.shared, path);
+    }
     let (mut parts, _body) = req.into_parts();
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    let keys = &st.shared.config.keys;
-    let accepted = credentials
-        .iter()
-        .find(|(_, c)| !c.is_empty() && (keys.is_empty() || keys.iter().any(|k| k == c)));
     let source = accepted
         .or(credentials.first())
         .map(|(s, _)| s.to_string())
@@ -99,8 +118,26 @@ async fn upgrade(State(st): State<AppState>, req: Request) -> Response {
         tracker,
     } = st;
     ws.on_upgrade(move |socket| {
-        tracker.track_future(serve_socket(socket, shared, cancel, index, version, ok))
+        tracker.track_future(serve_socket(
+            socket, shared, cancel, index, version, vertex, ok,
+        ))
     })
+}
+
+/// HTTP 401 for a Vertex upgrade without an accepted bearer token, with Google's error body.
+fn reject_unauthenticated(shared: &SimShared, path: String) -> Response {
+    let _ = reject(shared, path, StatusCode::UNAUTHORIZED);
+    let body = serde_json::json!({"error": {
+        "code": 401,
+        "message": "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+        "status": "UNAUTHENTICATED",
+    }});
+    (
+        StatusCode::UNAUTHORIZED,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn reject(shared: &SimShared, path: String, status: StatusCode) -> Response {
@@ -133,6 +170,8 @@ fn credentials(query: &str, headers: &HeaderMap) -> Vec<(&'static str, String)> 
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         if let Some(token) = v.trim().strip_prefix("Token ") {
             out.push(("token-header", token.trim().to_string()));
+        } else if let Some(token) = v.trim().strip_prefix("Bearer ") {
+            out.push(("bearer-header", token.trim().to_string()));
         }
     }
     out
@@ -145,10 +184,14 @@ async fn serve_socket(
     cancel: CancellationToken,
     index: usize,
     version: &'static str,
+    vertex: bool,
     credential_ok: bool,
 ) {
     let binary = shared.config.binary_frames;
     let mut session = Session::new(shared, index, version, credential_ok, Instant::now());
+    if vertex {
+        session.require_vertex_model();
+    }
     let (mut tx, mut rx) = socket.split();
     loop {
         while let Some(out) = session.poll_output() {
