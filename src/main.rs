@@ -30,6 +30,14 @@ enum Command {
         #[arg(short, long, env = "CALLBRIDGE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Open one model session exactly as a call would and report whether the model accepts
+    /// the setup. Exit status: 0 accepted, 1 refused by the model, 2 unreachable, timed out
+    /// or invalid configuration.
+    CheckModel {
+        /// Configuration file.
+        #[arg(short, long, env = "CALLBRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// One command, no account: bridge + Gemini simulator + a simulated caller.
     Demo(callbridge::demo::DemoArgs),
     /// A simulated Twilio caller: streams a WAV to a bridge and records what it hears.
@@ -50,6 +58,27 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// `check-model`: the outcome's line on stdout; exit 0 accepted, 1 refused, 2 no verdict or
+/// a configuration error.
+async fn check_model(config: Option<&std::path::Path>) -> ExitCode {
+    use callbridge::gemini::preflight::PreflightOutcome;
+    init_logging("warn");
+    match callbridge::run::check_model(config).await {
+        Ok(outcome) => {
+            println!("{}", outcome.one_line());
+            match outcome {
+                PreflightOutcome::Accepted { .. } => ExitCode::SUCCESS,
+                PreflightOutcome::Refused { .. } => ExitCode::from(1),
+                PreflightOutcome::Unreachable { .. } => ExitCode::from(2),
+            }
+        }
+        Err(e) => {
+            eprintln!("callbridge: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -62,6 +91,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::CheckModel { config } = &cli.command {
+        return rt.block_on(check_model(config.as_deref()));
+    }
     let result: Result<(), String> = rt.block_on(async move {
         match cli.command {
             Command::Serve { config } => {
@@ -70,6 +102,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Command::CheckModel { .. } => unreachable!("handled above"),
             Command::CheckConfig { config } => {
                 let env = |k: &str| std::env::var(k).ok();
                 callbridge::config::Config::load(config.as_deref(), &env)

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::call::machine::CallSettings;
 use crate::config::{Config, ConfigError};
+use crate::gemini::connect::Credential;
+use crate::gemini::preflight::{self, ModelHealth, PreflightOutcome, PreflightTarget};
+use crate::gemini::setup::SetupParams;
 use crate::ops::journal::CallRecord;
 use crate::ops::store::{self, Store, StoreError, StoreWriter};
 use crate::ops::RecordStore;
@@ -74,7 +78,11 @@ pub async fn close_records(store: Store, writer: StoreWriter) {
 pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     let env = |k: &str| std::env::var(k).ok();
     let config = Config::load(path, &env)?;
-    if config.gemini.api_key.is_empty() {
+    if config.gemini.backend == crate::config::Backend::Vertex {
+        // No API key: OAuth2 access tokens (gemini::auth), fetched at the first model session.
+        let source = crate::gemini::auth::Source::from_process_env();
+        tracing::info!("gemini.backend = vertex: access tokens from {source}");
+    } else if config.gemini.api_key.is_empty() {
         tracing::warn!("GEMINI_API_KEY is not set: the model will refuse every session");
     }
     if !config.tools.webhooks.is_empty() && config.tools.secret.is_empty() {
@@ -105,6 +113,8 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     };
     let state = AppState::with_store(config, control, handles);
     tracing::info!(addr = %listener.local_addr()?, model = %state.config.gemini.model, "callbridge listening");
+    // In the background: binding and serving never wait for the model's verdict.
+    let _preflight = spawn_preflight(&state);
     let st = state.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -144,6 +154,102 @@ pub fn spawn_with_store(
         }
     });
     state
+}
+
+/// The session a call would open, for a preflight: the same URL, credential and `setup`
+/// (`CallSettings::from_config(config).setup`, as [`AppState::settings`] holds it).
+pub fn preflight_target(
+    config: &Config,
+    credential: Credential,
+    setup: &SetupParams,
+) -> PreflightTarget {
+    PreflightTarget {
+        model: config.gemini.model.clone(),
+        url: config.gemini.url.clone(),
+        credential,
+        setup: crate::gemini::setup::setup_message(setup),
+        connect_timeout: Duration::from_millis(config.gemini.connect_timeout_ms),
+        setup_timeout: Duration::from_millis(config.gemini.setup_timeout_ms),
+    }
+}
+
+/// `callbridge check-model`: loads the configuration as `serve` does and runs one preflight.
+pub async fn check_model(path: Option<&Path>) -> Result<PreflightOutcome, RunError> {
+    let env = |k: &str| std::env::var(k).ok();
+    let config = Config::load(path, &env)?;
+    let settings = CallSettings::from_config(&config);
+    let target = preflight_target(&config, server::model_credential(&config), &settings.setup);
+    Ok(preflight::check(&target).await)
+}
+
+/// Starts `serve`'s model preflight when `gemini.preflight` is on: one check now, then every
+/// `gemini.preflight_interval_secs` (0: only now), each kept in [`AppState::model_status`]
+/// and `/metrics`; a refusal is logged as an error naming `gemini.model`. Never delays or
+/// stops the bridge (a refused model still gets callers the fallback TwiML), and stops at
+/// shutdown without waiting for a check in flight. Skipped with ephemeral tokens, which may
+/// allow a single session. Not started by [`spawn`] (tests and the demo count sessions).
+pub fn spawn_preflight(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    let g = &state.config.gemini;
+    if !g.preflight {
+        tracing::info!("model preflight is off (gemini.preflight = false)");
+        return None;
+    }
+    if g.auth == "ephemeral_token" {
+        tracing::info!(
+            "model preflight skipped: gemini.auth = \"ephemeral_token\" (a token may allow a \
+             single session, which a call needs); run `callbridge check-model` to check by hand"
+        );
+        return None;
+    }
+    let target = preflight_target(
+        &state.config,
+        (*state.credential).clone(),
+        &state.settings.setup,
+    );
+    let interval = Duration::from_secs(g.preflight_interval_secs);
+    let st = state.clone();
+    Some(tokio::spawn(async move {
+        let shutdown = st.shutdown.clone();
+        loop {
+            let outcome = tokio::select! {
+                o = preflight::check(&target) => o,
+                _ = shutdown.cancelled() => return,
+            };
+            record_preflight(&st, &outcome);
+            if interval.is_zero() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }))
+}
+
+/// Keeps a preflight's outcome (status, metrics) and logs it.
+fn record_preflight(state: &AppState, outcome: &PreflightOutcome) {
+    let before = state.model_status.set(outcome);
+    if let Some(m) = &state.metrics {
+        m.preflight(outcome);
+    }
+    let line = outcome.one_line();
+    let model = outcome.model();
+    match outcome {
+        PreflightOutcome::Refused { code, .. } => tracing::error!(
+            model,
+            code,
+            "model preflight (gemini.model = {model}): {line}; calls get the fallback TwiML \
+             while this lasts"
+        ),
+        PreflightOutcome::Unreachable { .. } => {
+            tracing::warn!(model, "model preflight: {line}")
+        }
+        PreflightOutcome::Accepted { .. } if before != ModelHealth::Ok => {
+            tracing::info!(model, "model preflight: {line}")
+        }
+        PreflightOutcome::Accepted { .. } => tracing::debug!(model, "model preflight: {line}"),
+    }
 }
 
 async fn wait_for_signal() {

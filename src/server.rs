@@ -89,6 +89,9 @@ pub struct AppState {
     pub metrics: Option<Arc<crate::ops::metrics::Metrics>>,
     /// Stereo call recordings, when `recording.enabled` (and its directory could be made).
     pub recorder: Option<Arc<crate::ops::recorder::Recorder>>,
+    /// The latest model preflight (`GET /healthz` `model`); `unchecked` until `serve`'s
+    /// preflight reports (see [`crate::run::spawn_preflight`]).
+    pub model_status: Arc<crate::gemini::preflight::ModelStatus>,
 }
 
 impl AppState {
@@ -108,12 +111,7 @@ impl AppState {
         )>,
     ) -> Arc<AppState> {
         let settings = Arc::new(CallSettings::from_config(&config));
-        let secret = config.gemini.api_key.expose().to_string();
-        let credential = Arc::new(if config.gemini.auth == "ephemeral_token" {
-            Credential::EphemeralToken(secret)
-        } else {
-            Credential::ApiKey(secret)
-        });
+        let credential = Arc::new(model_credential(&config));
         let (notes, _) = broadcast::channel(1024);
         let control_settings = Arc::new(ControlSettings {
             stream_url: config.stream_url(),
@@ -204,7 +202,22 @@ impl AppState {
             verifier,
             stream_tokens,
             stats: Arc::new(BridgeStats::default()),
+            model_status: Arc::default(),
         })
+    }
+}
+
+/// The credential every model connection presents (calls and preflight alike).
+pub fn model_credential(config: &Config) -> Credential {
+    if config.gemini.backend == crate::config::Backend::Vertex {
+        // OAuth2 tokens (gemini::auth), one cache per process; no API key.
+        return Credential::vertex_from_env(&config.gemini.location);
+    }
+    let secret = config.gemini.api_key.expose().to_string();
+    if config.gemini.auth == "ephemeral_token" {
+        Credential::EphemeralToken(secret)
+    } else {
+        Credential::ApiKey(secret)
     }
 }
 
@@ -298,9 +311,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let draining = state.shutdown.is_cancelled();
+    // `model` never changes the status code: a refused model still lets Twilio get the
+    // fallback TwiML, so the bridge must stay in rotation.
     let body = serde_json::json!({
         "status": if draining { "draining" } else { "ok" },
         "live_calls": state.calls.len(),
+        "model": state.model_status.health().as_str(),
     });
     let code = if draining {
         StatusCode::SERVICE_UNAVAILABLE

@@ -105,7 +105,11 @@ async fn healthz_reports_live_calls_and_draining() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
-    assert_eq!(v, serde_json::json!({"status": "ok", "live_calls": 0}));
+    // `model` stays `unchecked` here: only `serve` runs the preflight (tests/preflight.rs).
+    assert_eq!(
+        v,
+        serde_json::json!({"status": "ok", "live_calls": 0, "model": "unchecked"})
+    );
     st.shutdown.cancel();
     let resp = app(st)
         .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())

@@ -217,6 +217,8 @@ public_url = "{public}"
 debug_stats = true
 [gemini]
 url = "{gemini_url}"
+# no start-up model session: the measured sessions are the calls'
+preflight = false
 [twilio]
 account_sid = "{ACCOUNT_SID}"
 api_base = "http://127.0.0.1:9"

@@ -29,6 +29,7 @@ use super::journal::TokenUsage;
 use super::{CallId, CallObserver, CallSource};
 use crate::call::machine::{CallEvent, CallSettings};
 use crate::config::{Config, PricingConfig};
+use crate::gemini::preflight::{ModelHealth, PreflightOutcome};
 use crate::stats::{BridgeStats, HistogramSnapshot};
 
 /// `Content-Type` of what [`Metrics::render`] produces (the OpenMetrics text format, which
@@ -93,6 +94,16 @@ struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     direction: &'static str,
     modality: &'static str,
@@ -120,6 +131,7 @@ pub struct Metrics {
     sessions: Counter,
     handovers: Family<HandoverLabels, Counter>,
     go_aways: Counter,
+    odd_turns: Family<ReasonLabels, Counter>,
     setup: Histogram,
     barge_ins: Counter,
     tool_calls: Family<ToolLabels, Counter>,
@@ -127,6 +139,8 @@ pub struct Metrics {
     response: Histogram,
     tokens: Family<TokenLabels, Counter>,
     cost: Counter<f64, AtomicU64>,
+    preflight_status: Family<StatusLabels, Gauge>,
+    preflight_checks: Family<ResultLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -196,6 +210,13 @@ impl Metrics {
             "goAway messages received from the model",
             go_aways.clone(),
         );
+        let odd_turns = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "model_odd_turn_ends",
+            "Model turns that ended without a usable reply (refused, malformed, or no audio \
+             after the caller spoke); the caller heard the filler and the model was asked again",
+            odd_turns.clone(),
+        );
         let setup = Histogram::new(SETUP_BUCKETS);
         registry.register(
             "model_setup_seconds",
@@ -238,6 +259,31 @@ impl Metrics {
             "Estimated model cost in USD (tokens times the configured [pricing])",
             cost.clone(),
         );
+        let preflight_status = Family::<StatusLabels, Gauge>::default();
+        for health in ModelHealth::ALL {
+            let v = i64::from(health == ModelHealth::Unchecked);
+            preflight_status
+                .get_or_create(&StatusLabels {
+                    status: health.as_str(),
+                })
+                .set(v);
+        }
+        registry.register(
+            "model_preflight_status",
+            "The model as the latest preflight check left it: 1 for the current status (ok, \
+             refused, unchecked: not checked yet, preflight off, or no verdict)",
+            preflight_status.clone(),
+        );
+        let preflight_checks = Family::<ResultLabels, Counter>::default();
+        for result in ["accepted", "refused", "unreachable"] {
+            let _ = preflight_checks.get_or_create(&ResultLabels { result });
+        }
+        registry.register(
+            "model_preflight_checks",
+            "Preflight checks (one model session opened like a call's), by result (accepted, \
+             refused, unreachable)",
+            preflight_checks.clone(),
+        );
         Metrics {
             registry,
             calls: DashMap::new(),
@@ -250,6 +296,7 @@ impl Metrics {
             sessions,
             handovers,
             go_aways,
+            odd_turns,
             setup,
             barge_ins,
             tool_calls,
@@ -257,6 +304,25 @@ impl Metrics {
             response,
             tokens,
             cost,
+            preflight_status,
+            preflight_checks,
+        }
+    }
+
+    /// A preflight check finished: counts it and makes its status the current one.
+    pub fn preflight(&self, outcome: &PreflightOutcome) {
+        self.preflight_checks
+            .get_or_create(&ResultLabels {
+                result: outcome.result_str(),
+            })
+            .inc();
+        let current = outcome.health();
+        for health in ModelHealth::ALL {
+            self.preflight_status
+                .get_or_create(&StatusLabels {
+                    status: health.as_str(),
+                })
+                .set(i64::from(health == current));
         }
     }
 
@@ -391,6 +457,9 @@ impl CallObserver for Metrics {
             }
             CallEvent::GoAway { .. } => {
                 self.go_aways.inc();
+            }
+            CallEvent::OddTurnEnd { reason } => {
+                self.odd_turns.get_or_create(&ReasonLabels { reason }).inc();
             }
             CallEvent::Interrupted { .. } => {
                 self.barge_ins.inc();
@@ -620,6 +689,7 @@ mod tests {
     fn config() -> Config {
         let mut c = Config::default();
         c.tools.webhooks.push(WebhookToolConfig {
+            scheduling: Default::default(),
             name: "lookup_order".into(),
             description: "Look up an order.".into(),
             url: "https://ops.example.com/hook".into(),
@@ -645,6 +715,7 @@ mod tests {
             total_token_count: prompt_total + r,
             prompt_details: prompt.iter().map(|(m, n)| (m.to_string(), *n)).collect(),
             response_details: response.iter().map(|(m, n)| (m.to_string(), *n)).collect(),
+            thoughts_token_count: 0,
         })
     }
 
