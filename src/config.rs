@@ -353,8 +353,8 @@ impl Default for ServerConfig {
 pub struct GeminiConfig {
     /// Full BidiGenerateContent WebSocket URL. Env `CALLBRIDGE_GEMINI_URL`.
     pub url: String,
-    /// `api_key` (header `x-goog-api-key`) or `ephemeral_token` (v1alpha constrained endpoint,
-    /// `access_token`). The secret itself comes from env `GEMINI_API_KEY`.
+    /// `api_key` (header `x-goog-api-key`; the secret comes from env `GEMINI_API_KEY`). The
+    /// former `ephemeral_token` mode is refused: see `validate`.
     pub auth: String,
     /// Live model id (Vertex: the bare id; the resource path is built from project/location).
     pub model: String,
@@ -1008,12 +1008,21 @@ impl Config {
                 "expected a ws:// or wss:// URL",
             ));
         }
-        if !matches!(g.auth.as_str(), "api_key" | "ephemeral_token") {
+        if g.auth == "ephemeral_token" {
+            // Removed: Google makes ephemeral tokens single-use by default, so one static
+            // token fails on the second call and on the first fresh session after a fault.
+            // Minting one per session from the API key would put the key on this server
+            // anyway (the token would protect nothing) and add an HTTP round-trip before
+            // every call and every reconnection. Ephemeral tokens are for browsers.
             return Err(invalid(
                 "gemini.auth",
                 &g.auth,
-                "expected \"api_key\" or \"ephemeral_token\"",
+                "ephemeral tokens are single-use and only for client-side apps; use \"api_key\" \
+                 (GEMINI_API_KEY) or gemini.backend = \"vertex\"",
             ));
+        }
+        if g.auth != "api_key" {
+            return Err(invalid("gemini.auth", &g.auth, "expected \"api_key\""));
         }
         if g.model.trim().is_empty() || g.model.contains(char::is_whitespace) {
             return Err(invalid("gemini.model", &g.model, "expected a model id"));

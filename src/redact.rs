@@ -170,6 +170,21 @@ pub fn redact_text(s: &str) -> String {
     out
 }
 
+/// A peer-supplied string made safe for a log line: control characters and non-ASCII escaped
+/// (`escape_debug`, so no newline or ANSI escape reaches the log) and cut to `max` characters
+/// (`…` marks a cut).
+pub fn bounded(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 3);
+    for (n, c) in s.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +263,11 @@ mod tests {
         assert_eq!(redact_text("sip:+442071838750@x"), "sip:+**********50@x");
         assert_eq!(redact_text(""), "");
         assert_eq!(redact_text("héllo 1234567 wörld"), "héllo *****67 wörld");
+    }
+
+    #[test]
+    fn bounded_escapes_control_characters_and_cuts() {
+        assert_eq!(bounded("a\nb\u{1b}[31m", 64), "a\\nb\\u{1b}[31m");
+        assert_eq!(bounded("abcdef", 3), "abc…");
     }
 }

@@ -750,6 +750,7 @@ const TOOLS_SECRET: &str = "operator-shared-secret";
 
 fn webhook(name: &str, url: String, timeout_ms: u64) -> WebhookToolConfig {
     WebhookToolConfig {
+        scheduling: Default::default(),
         name: name.into(),
         description: format!("The operator's {name} tool."),
         parameters: None,

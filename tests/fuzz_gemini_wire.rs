@@ -504,6 +504,7 @@ fn render(f: &Frame) -> (Value, Vec<ModelEvent>) {
                     )
                 })
                 .collect(),
+            thoughts_token_count: 0,
         }));
     }
     for u in &f.unknown {
@@ -524,8 +525,15 @@ fn arb_command_parts(
         role: if user { Role::User } else { Role::Model },
         text,
     });
-    let response = (any::<String>(), any::<String>(), arb_json())
-        .prop_map(|(id, name, response)| FunctionResponse { id, name, response });
+    let response =
+        (any::<String>(), any::<String>(), arb_json()).prop_map(|(id, name, response)| {
+            FunctionResponse {
+                id,
+                name,
+                response,
+                scheduling: None,
+            }
+        });
     (
         0..7u8,
         prop::collection::vec(any::<u8>(), 0..2000),

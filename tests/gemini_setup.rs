@@ -35,6 +35,7 @@ fn js_capture_equivalent() -> SetupParams {
             ..Default::default()
         },
         context_compression: Some(ContextCompression::default()),
+        ..Default::default()
     }
 }
 
@@ -147,6 +148,7 @@ fn full_setup_matches_spec_canonical_fields() {
             trigger_tokens: Some(25600),
             target_tokens: Some(12800),
         }),
+        ..Default::default()
     };
     assert_eq!(
         parse(&setup_message(&p)),

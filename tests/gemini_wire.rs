@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use callbridge::gemini::wire::{
-    decompose, to_json, FunctionCall, FunctionResponse, ModelCommand, ModelEvent, Role, Turn,
-    UsageMetadata, WireError,
+    decompose, to_json, FunctionCall, FunctionResponse, ModelCommand, ModelEvent, Role, Scheduling,
+    Turn, UsageMetadata, WireError,
 };
 use serde_json::json;
 
@@ -130,6 +130,7 @@ fn usage_with_modality_details_and_string_int64() {
             total_token_count: 396,
             prompt_details: vec![("TEXT".into(), 120), ("AUDIO".into(), 253)],
             response_details: vec![("AUDIO".into(), 23)],
+            thoughts_token_count: 0
         })]
     );
 }
@@ -420,16 +421,19 @@ fn tool_response_exact() {
             id: "function-call-123".into(),
             name: "get_weather".into(),
             response: json!({"output": "sunny"}),
+            scheduling: None,
         },
         FunctionResponse {
             id: "function-call-124".into(),
             name: "transfer".into(),
             response: json!({"error": "no agent"}),
+            scheduling: Some(Scheduling::WhenIdle),
         },
     ];
+    // A BLOCKING call's response has no scheduling; a NON_BLOCKING one names it.
     assert_eq!(
         to_json(&ModelCommand::ToolResponse(&responses)),
-        r#"{"toolResponse":{"functionResponses":[{"id":"function-call-123","name":"get_weather","response":{"output":"sunny"}},{"id":"function-call-124","name":"transfer","response":{"error":"no agent"}}]}}"#
+        r#"{"toolResponse":{"functionResponses":[{"id":"function-call-123","name":"get_weather","response":{"output":"sunny"}},{"id":"function-call-124","name":"transfer","response":{"error":"no agent"},"scheduling":"WHEN_IDLE"}]}}"#
     );
 }
 

@@ -16,6 +16,7 @@ const SECRET: &str = "s3cret-tools-key";
 
 fn tool(name: &str, url: String, timeout_ms: u64) -> WebhookToolConfig {
     WebhookToolConfig {
+        scheduling: Default::default(),
         name: name.into(),
         description: format!("the {name} tool"),
         parameters: None,

@@ -2,4 +2,5 @@
 
 pub mod driver;
 pub mod machine;
+pub mod prompts;
 pub mod tools;

@@ -646,6 +646,9 @@ impl CallObserver for Journal {
             CallEvent::WrapUp { reason } => {
                 r.timeline(at_ms, "wrap_up", json!({ "reason": reason }));
             }
+            CallEvent::OddTurnEnd { reason } => {
+                r.timeline(at_ms, "odd_turn_end", json!({ "reason": reason }));
+            }
             CallEvent::GoAway { time_left_ms } => {
                 r.timeline(at_ms, "go_away", json!({ "time_left_ms": time_left_ms }));
             }
@@ -708,6 +711,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            thoughts_token_count: 0,
         }
     }
 

@@ -288,6 +288,7 @@ pub fn event_kinds(notes: &[CallNote]) -> Vec<String> {
                 if *resumed { "resumed" } else { "fresh" }
             ),
             CallEvent::WrapUp { reason } => format!("wrap_up {reason}"),
+            CallEvent::OddTurnEnd { reason } => format!("odd_turn_end {reason}"),
             CallEvent::Operator { action, result, .. } => {
                 format!(
                     "operator {action} {}",
