@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// SQLite file the call record is stored in (created on first run).
     #[arg(long, default_value = "target/demo-records.db")]
     pub records: PathBuf,
+    /// Live model id the bridge asks for; the simulator follows that model's documented
+    /// behaviour (e.g. gemini-2.5-flash-native-audio-preview-12-2025 for BLOCKING tools).
+    #[arg(long, default_value = crate::gemini::profile::DEFAULT_MODEL)]
+    pub model: String,
 }
 
 /// Why the demo failed.
@@ -69,6 +73,10 @@ pub fn demo_scenario() -> Result<Scenario, DemoError> {
         name: "end_call".into(),
         args: json!({"reason": "the caller said goodbye"}),
     }];
+    // A NON_BLOCKING model (3.8) calls end_call as it starts its goodbye and keeps talking;
+    // a BLOCKING one (2.5) calls it after the goodbye and waits (the simulator picks by the
+    // declared behaviour).
+    bye.tool_call_at_ms = Some(300);
     Ok(Scenario {
         greeting: Some(Reply::greeting()),
         turns: vec![answer, bye],
@@ -94,6 +102,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     config.server.listen = "127.0.0.1:0".into();
     config.server.public_url = PUBLIC_URL.into();
     config.gemini.url = sim.url();
+    config.gemini.model = args.model.clone();
     config.gemini.api_key = Secret::new(API_KEY);
     config.twilio.account_sid = ACCOUNT_SID.into();
     config.twilio.auth_token = Secret::new(AUTH_TOKEN);
@@ -136,7 +145,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     });
 
     println!("callbridge demo — everything runs on this machine, no account needed");
-    println!("  Gemini Live simulator  {}", sim.url());
+    println!(
+        "  Gemini Live simulator  {} (model {})",
+        sim.url(),
+        args.model
+    );
     println!("  fake Twilio REST API   {}", rest.base_url());
     println!(
         "  bridge                 http://{addr}  (webhook /twilio/voice, stream /twilio/media)"
@@ -313,6 +326,9 @@ fn print_timeline(t0: Instant, notes: &[CallNote], report: &CallReport) {
                 "bridge  stream reconnected; same model session".to_string()
             }
             CallEvent::WrapUp { reason } => format!("bridge  agent asked to wrap up ({reason})"),
+            CallEvent::OddTurnEnd { reason } => {
+                format!("bridge  model turn ended oddly ({reason}); filler played, retry asked")
+            }
             CallEvent::GoAway { time_left_ms } => {
                 format!("bridge  model goAway, {time_left_ms:?} ms left")
             }

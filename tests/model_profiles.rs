@@ -753,3 +753,49 @@ fn a_reply_cut_by_a_fault_is_finished_on_the_resumed_session() {
         Some(Output::End(CallEnd::ModelLost(_)))
     ));
 }
+
+#[test]
+fn a_late_continuation_is_bridged_by_the_filler_so_the_caller_never_waits_a_second() {
+    let t0 = Instant::now();
+    let mut call = live(&config(M38), t0);
+    model(
+        &mut call,
+        ModelEvent::SessionResumptionUpdate {
+            new_handle: Some("h-1".into()),
+            resumable: true,
+        },
+        t0,
+    );
+    let mut outs = model(&mut call, ModelEvent::Audio(audio(300)), t0);
+    call.handle_input(
+        Input::ModelClosed {
+            code: 1011,
+            reason: String::new(),
+        },
+        t0,
+    );
+    call.handle_input(Input::ModelConnected, t0);
+    outs.extend(drain(&mut call));
+    outs.extend(model(&mut call, ModelEvent::SetupComplete, t0));
+    // The model is slow to continue: nothing arrives for 2 s.
+    let mut t = t0;
+    let mut last_frame = t0;
+    let mut longest_gap = Duration::ZERO;
+    while t < t0 + Duration::from_secs(2) {
+        t += Duration::from_millis(20);
+        call.handle_input(Input::Tick, t);
+        let outs = drain(&mut call);
+        for m in marks(&outs) {
+            call.handle_input(Input::Caller(CallerEvent::Mark { name: m }), t);
+        }
+        if frames(&outs) > 0 {
+            longest_gap = longest_gap.max(t - last_frame);
+            last_frame = t;
+        }
+    }
+    assert!(
+        last_frame > t0 + Duration::from_millis(600),
+        "filler played"
+    );
+    assert!(longest_gap <= Duration::from_secs(1), "gap {longest_gap:?}");
+}

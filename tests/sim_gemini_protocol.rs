@@ -177,9 +177,12 @@ async fn config_instead_of_setup_closes_1007() {
 #[tokio::test]
 async fn unknown_model_closes_1008_with_version_from_path() {
     let sim = GeminiSim::builder().spawn().await.expect("spawn");
+    // Ids that never existed. (The shut-down gemini-2.0-flash-live-001 and
+    // gemini-live-2.5-flash-preview used to be the examples here; they now get the retired-model
+    // close, "Requested entity was not found." — see sim_gemini_profiles.rs.)
     let mut c = Client::connect(&with_key(&sim.url())).await;
     c.send(
-        &json!({"setup": {"model": "models/gemini-2.0-flash-live-001",
+        &json!({"setup": {"model": "models/gemini-2.0-flash-live-999",
         "generationConfig": {"responseModalities": ["AUDIO"]}}}),
     )
     .await;
@@ -187,7 +190,7 @@ async fn unknown_model_closes_1008_with_version_from_path() {
         c.expect_close().await,
         (
             Some(1008),
-            "models/gemini-2.0-flash-live-001 is not found for API version v1beta, or is not supported for bidiGenerateContent."
+            "models/gemini-2.0-flash-live-999 is not found for API version v1beta, or is not supported for bidiGenerateContent."
                 .to_string()
         )
     );
@@ -196,13 +199,13 @@ async fn unknown_model_closes_1008_with_version_from_path() {
         sim.addr()
     );
     let mut c = Client::connect(&url).await;
-    c.send(&json!({"setup": {"model": "gemini-live-2.5-flash-preview"}}))
+    c.send(&json!({"setup": {"model": "gemini-live-9.9-flash-preview"}}))
         .await;
     let (code, reason) = c.expect_close().await;
     assert_eq!(code, Some(1008));
     assert!(
         reason
-            .contains("models/gemini-live-2.5-flash-preview is not found for API version v1alpha"),
+            .contains("models/gemini-live-9.9-flash-preview is not found for API version v1alpha"),
         "{reason}"
     );
 }

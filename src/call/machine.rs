@@ -888,7 +888,13 @@ pub struct Call {
     /// [`TOOL_TURN_QUIET`], the model's turn counts as over (a NON_BLOCKING model may call a
     /// tool after its turn ended, with no `turnComplete` to follow).
     tool_opened_turn: Option<Instant>,
+    /// A cut reply was asked to be finished and no audio of it has come yet: if the caller's
+    /// queue runs dry first, the filler bridges the gap (once).
+    awaiting_continuation: bool,
 }
+
+/// After a cut reply's prompt, silence at the caller longer than this plays the filler.
+const CONTINUATION_GAP: Duration = Duration::from_millis(600);
 
 /// How long a turn opened only by a tool call may stay silent before it counts as over.
 const TOOL_TURN_QUIET: Duration = Duration::from_millis(1_000);
@@ -959,6 +965,7 @@ impl Call {
             retried: false,
             cut_reply: None,
             tool_opened_turn: None,
+            awaiting_continuation: false,
             settings,
         })
     }
@@ -1054,6 +1061,9 @@ impl Call {
             // Re-check for a quiet moment as playback drains and the caller falls silent.
             consider(ahead(self.queued_until));
             consider(ahead(self.last_voice.map(|v| v + QUIET_AFTER_VOICE)));
+        }
+        if self.awaiting_continuation && self.pending.is_empty() {
+            consider(ahead(self.queued_until.map(|q| q + CONTINUATION_GAP)));
         }
         if let Some(r) = &self.reconnect {
             consider(r.next_try);
@@ -1338,6 +1348,7 @@ impl Call {
                             gap_ms,
                         }));
                     let cut = self.cut_reply.take();
+                    self.awaiting_continuation = cut.is_some();
                     if !r.resume {
                         let mut turns: Vec<Turn> = self.history.iter().cloned().collect();
                         let prompted =
@@ -1399,6 +1410,7 @@ impl Call {
                 self.model_turn_open = true;
                 self.tool_opened_turn = None;
                 self.caller_spoke = false;
+                self.awaiting_continuation = false;
                 if self.generating.is_none() {
                     let id = self.next_turn;
                     self.next_turn += 1;
@@ -2294,6 +2306,22 @@ impl Call {
             });
         }
         self.check_session(now);
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if self.awaiting_continuation
+            && self.phase == Phase::Live
+            && self.pending.is_empty()
+            && self.generating.is_none()
+            && self
+                .queued_until
+                .is_none_or(|q| now >= q + CONTINUATION_GAP)
+        {
+            // The rest of the cut reply is late: no dead air meanwhile.
+            self.awaiting_continuation = false;
+            let filler = self.settings.filler.clone();
+            self.enqueue_ulaw_turn(&filler);
+        }
         if self.phase == Phase::Ended {
             return;
         }

@@ -4,9 +4,13 @@
 //! developer can point a real phone number at a bridge configured with its URL. It follows
 //! `shared/specs/gemini-live.md` §13 — routes, auth, proto-JSON leniency (camelCase and
 //! snake_case, both base64 alphabets), setup validation with the real close codes and
-//! reasons, an energy VAD, scripted replies paced faster than real time, barge-in, blocking
-//! tool calls, session resumption, goAway/lifetime and fault injection — and it records
-//! everything it received for tests to assert on.
+//! reasons, an energy VAD, scripted replies paced faster than real time, barge-in, tool calls
+//! (BLOCKING, and NON_BLOCKING with SILENT / WHEN_IDLE / INTERRUPT scheduling), session
+//! resumption, goAway/lifetime and fault injection — and it records everything it received
+//! for tests to assert on. The model id in `setup` selects a behaviour profile (`proto`'s
+//! model table: event shape, which setup fields are refused or required, tool defaults,
+//! `interactionStatus`, the 2.5 stall after an incomplete `clientContent`); retired ids are
+//! refused like the real service refuses them.
 //!
 //! It deliberately does not use `crate::gemini`: it reads and writes `serde_json::Value`
 //! exactly as the spec describes, so a bridge codec bug cannot hide by agreeing with itself.
@@ -16,8 +20,8 @@
 //! [`record`] (what was received).
 //!
 //! Not implemented: `wss://` (the Python SDK needs TLS; the Rust bridge does not), the
-//! constrained endpoint's token-locked fields and use counts, and NON_BLOCKING tool scheduling
-//! (every scripted call is BLOCKING).
+//! constrained endpoint's token-locked fields and use counts, and `willContinue` (generator)
+//! tool responses.
 
 pub mod record;
 pub mod scenario;
@@ -45,6 +49,10 @@ pub use scenario::{Clip, FaultAction, Faults, Reply, Scenario, ToolCall, Turn, T
 /// The path every SDK-compatible client connects to (v1beta, API key method).
 pub const DEFAULT_PATH: &str =
     "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+
+/// The Vertex AI Live path (v1; v1beta1 is accepted too). Needs `Authorization: Bearer` and a
+/// full `projects/…/publishers/google/models/…` model in `setup`.
+pub const VERTEX_PATH: &str = "/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent";
 
 /// Errors from building, loading or running the simulator.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +92,7 @@ pub enum SimError {
 pub(crate) struct SimConfig {
     pub(crate) scenario: Scenario,
     pub(crate) keys: Vec<String>,
+    pub(crate) bearer_tokens: Vec<String>,
     pub(crate) auth_close_code: u16,
     pub(crate) lifetime: Duration,
     pub(crate) go_away_lead: Duration,
@@ -99,6 +108,8 @@ pub(crate) struct SimConfig {
     pub(crate) default_silence_ms: u32,
     pub(crate) resumption_ttl: Duration,
     pub(crate) record_content: bool,
+    /// Extra retired model ids (without `models/`), on top of `proto::RETIRED_MODELS`.
+    pub(crate) retired_models: Vec<String>,
 }
 
 /// State shared by the listener and every connection of one simulator.
@@ -150,6 +161,7 @@ impl GeminiSim {
             config: SimConfig {
                 scenario: Scenario::default(),
                 keys: Vec::new(),
+                bearer_tokens: Vec::new(),
                 auth_close_code: 1007,
                 lifetime: Duration::from_secs(600),
                 go_away_lead: Duration::from_secs(60),
@@ -165,6 +177,7 @@ impl GeminiSim {
                 default_silence_ms: 600,
                 resumption_ttl: Duration::from_secs(2 * 3600),
                 record_content: true,
+                retired_models: Vec::new(),
             },
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
@@ -181,6 +194,14 @@ impl GeminiSimBuilder {
     /// Accepted API keys / tokens; empty accepts any non-empty credential.
     pub fn keys(mut self, keys: Vec<String>) -> Self {
         self.config.keys = keys;
+        self
+    }
+
+    /// Accepted Vertex AI bearer tokens (`Authorization: Bearer …` on [`VERTEX_PATH`]); empty:
+    /// checked against [`GeminiSimBuilder::keys`] (so empty there too accepts any non-empty
+    /// token). A Vertex upgrade without an accepted token is refused with HTTP 401.
+    pub fn bearer_tokens(mut self, tokens: Vec<String>) -> Self {
+        self.config.bearer_tokens = tokens;
         self
     }
 
@@ -264,6 +285,19 @@ impl GeminiSimBuilder {
         self
     }
 
+    /// Model ids that are shut down, on top of the built-in retired ones
+    /// (`gemini-live-2.5-flash-preview`, `gemini-2.0-flash-live-001`): a `setup` naming one is
+    /// closed with 1008 "Requested entity was not found." instead of `setupComplete`, even if
+    /// the id is in the model table (so a test can retire a preview model). With or without
+    /// `models/`.
+    pub fn retired_models(mut self, ids: Vec<String>) -> Self {
+        self.config.retired_models = ids
+            .into_iter()
+            .map(|id| id.strip_prefix("models/").map(str::to_string).unwrap_or(id))
+            .collect();
+        self
+    }
+
     /// Listen address (default `127.0.0.1:0`).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
@@ -336,6 +370,11 @@ impl GeminiSimHandle {
     /// Full URL of the v1beta Live endpoint, without credentials (add `?key=`).
     pub fn url(&self) -> String {
         format!("ws://{}{}", self.addr, DEFAULT_PATH)
+    }
+
+    /// Full URL of the Vertex AI Live endpoint (send `Authorization: Bearer`).
+    pub fn vertex_url(&self) -> String {
+        format!("ws://{}{}", self.addr, VERTEX_PATH)
     }
 
     /// Audio counters across all connections (kept even without [`GeminiSimBuilder::record_content`]).

@@ -156,9 +156,17 @@ pub struct Turn {
     pub caller: Option<String>,
     /// The model's answer.
     pub reply: Reply,
-    /// Function calls made after `reply` has been streamed.
+    /// Function calls, sent together in one `toolCall`. BLOCKING calls (the declared or the
+    /// model's default `behavior`) follow `reply` and the model waits for every response;
+    /// when every call is NON_BLOCKING they go out at [`Turn::tool_call_at_ms`] and the reply
+    /// keeps streaming.
     pub tool_calls: Vec<ToolCall>,
-    /// What the model says once every tool call got its response.
+    /// NON_BLOCKING calls only: ms of `reply` audio streamed before the `toolCall` is sent;
+    /// `None` (or past the end of the audio): right after the reply audio.
+    pub tool_call_at_ms: Option<u64>,
+    /// What the model says once every tool call got its response: in the same turn for
+    /// BLOCKING calls; for NON_BLOCKING calls as a new turn, as the response's `scheduling`
+    /// says (`SILENT`: never).
     pub after_tool: Option<Reply>,
     /// Optional fault injected while this turn plays.
     pub fault: Option<TurnFault>,
@@ -171,6 +179,7 @@ impl Turn {
             caller: None,
             reply,
             tool_calls: Vec::new(),
+            tool_call_at_ms: None,
             after_tool: None,
             fault: None,
         }
@@ -275,6 +284,7 @@ struct FileTurn {
     text: Option<String>,
     #[serde(default)]
     tool_calls: Vec<FileToolCall>,
+    tool_call_at_ms: Option<u64>,
     after_tool: Option<FileReply>,
     fault: Option<FileFault>,
 }
@@ -417,6 +427,7 @@ impl FileTurn {
             caller: self.caller,
             reply,
             tool_calls,
+            tool_call_at_ms: self.tool_call_at_ms,
             after_tool: self.after_tool.map(|r| r.build(base)).transpose()?,
             fault,
         })
@@ -524,6 +535,7 @@ mod tests {
             caller = "I want billing"
             clip = "long"
             text = "Let me transfer you."
+            tool_call_at_ms = 300
             [[turn.tool_calls]]
             name = "transfer_call"
             args = { department = "billing" }
@@ -549,6 +561,7 @@ mod tests {
         );
         let t = &s.turns[0];
         assert_eq!(t.reply.text, "Let me transfer you.");
+        assert_eq!(t.tool_call_at_ms, Some(300));
         assert_eq!(
             t.tool_calls[0].args,
             serde_json::json!({"department": "billing"})

@@ -2,7 +2,11 @@
 //!
 //! Owns everything one simulated model connection decides: setup validation, the energy VAD,
 //! turn detection, scripted replies and their pacing, barge-in, tool calls, resumption
-//! handles, lifetime/goAway and fault timers. It is driven with `handle_frame(frame, now)` /
+//! handles, lifetime/goAway and fault timers — all as the model profile picked by `setup`
+//! says (`proto`'s table). Tools: BLOCKING calls follow the reply and hold the turn until
+//! answered (new input cancels them); NON_BLOCKING calls go out mid-reply and are tracked on
+//! the session, not the turn, so their results (SILENT / WHEN_IDLE / INTERRUPT) can arrive
+//! and be spoken as new turns after it. It is driven with `handle_frame(frame, now)` /
 //! `handle_timeout(now)` and drained with `poll_output()`; `poll_timeout()` says when to call
 //! back. It never reads the clock and owns no socket — `server.rs` is the async shell.
 //!
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::proto::{self, field, path};
+use super::proto::{self, field, path, Behavior, ModelProfile};
 use super::record::{AudioChunk, CloseRecord, FrameKind, RecordedFrame, TurnTrigger, UserTurn};
 use super::scenario::{Clip, FaultAction, Reply, Turn, MODEL_RATE};
 use super::SimShared;
@@ -258,6 +262,12 @@ impl Segment {
         self.start + self.interval * self.idx as u32
     }
 
+    /// Milliseconds of the clip sent so far.
+    fn audio_ms_sent(&self) -> u64 {
+        let len = self.clip.as_ref().map_or(0, |c| c.samples().len());
+        (self.idx * self.chunk_samples).min(len) as u64 * 1000 / u64::from(MODEL_RATE)
+    }
+
     fn duration(&self) -> Duration {
         let samples = self.clip.as_ref().map_or(0, |c| c.samples().len());
         Duration::from_secs_f64(samples as f64 / f64::from(MODEL_RATE))
@@ -266,9 +276,12 @@ impl Segment {
 
 #[derive(Debug)]
 enum Stage {
-    Streaming { after_tool: bool },
+    Streaming,
+    /// BLOCKING calls sent; waiting for every response.
     AwaitingTools,
-    Finishing { turn_complete_at: Instant },
+    Finishing {
+        turn_complete_at: Instant,
+    },
 }
 
 /// The model turn in progress.
@@ -277,12 +290,34 @@ struct Generation {
     turn: Turn,
     seg: Segment,
     stage: Stage,
+    /// Every call of the turn is NON_BLOCKING: the toolCall goes out at `tool_call_at_ms` and
+    /// the turn does not wait (else the turn is played BLOCKING).
+    asynchronous: bool,
+    /// The turn's toolCall has been sent.
+    calls_sent: bool,
+    /// BLOCKING calls still waiting for a response.
     pending_tools: Vec<String>,
     /// When the model believes the client finishes playing what was sent (real time).
     played_until: Instant,
     response_ms: u64,
     prompt_text_chars: usize,
     prompt_audio_ms: u64,
+}
+
+/// NON_BLOCKING calls of one turn still waiting for responses; they outlive the turn.
+#[derive(Debug)]
+struct AsyncCalls {
+    ids: Vec<String>,
+    /// Spoken as a new turn once every id is answered, per the last response's `scheduling`.
+    after_tool: Option<Reply>,
+}
+
+/// `FunctionResponse.scheduling` (spec §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheduling {
+    Silent,
+    WhenIdle,
+    Interrupt,
 }
 
 #[derive(Debug)]
@@ -303,6 +338,8 @@ struct SessionSettings {
     resumption: bool,
     seeding_history: bool,
     system_chars: usize,
+    /// Declared `behavior` per function name (functions declared without one are absent).
+    tool_behaviors: HashMap<String, Behavior>,
 }
 
 /// One simulated Live connection.
@@ -310,6 +347,8 @@ pub(crate) struct Session {
     shared: Arc<SimShared>,
     index: usize,
     api_version: String,
+    /// Vertex AI route: `setup.model` must be a full `projects/…/models/…` path.
+    vertex: bool,
     opened: Instant,
     phase: Phase,
     out: VecDeque<Output>,
@@ -327,6 +366,16 @@ pub(crate) struct Session {
     gen: Option<Generation>,
     queued_turn: Option<TurnTrigger>,
     cancelled_tools: HashSet<String>,
+    /// The model's behaviour profile, once setup was accepted.
+    profile: Option<ModelProfile>,
+    /// 2.5: a `clientContent` without `turnComplete: true` stopped replies to caller turns.
+    stalled: bool,
+    /// NON_BLOCKING calls sent and not yet answered (per turn).
+    async_calls: Vec<AsyncCalls>,
+    /// Tool results to speak as new turns once the model is idle, in order.
+    pending_results: VecDeque<Reply>,
+    /// 3.8: INTERRUPT results that arrived while the caller was speaking.
+    deferred_interrupts: Vec<Reply>,
     buffered: VecDeque<(String, Value)>,
     /// Audio samples received (16 kHz) in total, and at the start of the current prompt.
     audio_samples: u64,
@@ -370,6 +419,7 @@ impl Session {
             shared,
             index,
             api_version: api_version.to_string(),
+            vertex: false,
             opened: now,
             phase: Phase::AwaitSetup,
             out: VecDeque::new(),
@@ -385,6 +435,11 @@ impl Session {
             gen: None,
             queued_turn: None,
             cancelled_tools: HashSet::new(),
+            profile: None,
+            stalled: false,
+            async_calls: Vec::new(),
+            pending_results: VecDeque::new(),
+            deferred_interrupts: Vec::new(),
             buffered: VecDeque::new(),
             audio_samples: 0,
             prompt_audio_mark: 0,
@@ -400,6 +455,11 @@ impl Session {
             s.close(code, proto::REASON_BAD_KEY, now);
         }
         s
+    }
+
+    /// Connected on the Vertex AI route (see `proto::vertex_model_id`).
+    pub(crate) fn require_vertex_model(&mut self) {
+        self.vertex = true;
     }
 
     /// Next thing the shell must do.
@@ -429,7 +489,7 @@ impl Session {
         }
         if let Some(g) = &self.gen {
             consider(match g.stage {
-                Stage::Streaming { .. } => Some(g.seg.due()),
+                Stage::Streaming => Some(g.seg.due()),
                 Stage::AwaitingTools => None,
                 Stage::Finishing { turn_complete_at } => Some(turn_complete_at),
             });
@@ -583,7 +643,19 @@ impl Session {
         else {
             return self.invalid(now);
         };
-        let id = model.strip_prefix("models/").unwrap_or(model);
+        let id = if self.vertex {
+            match proto::vertex_model_id(model) {
+                Some(id) => id,
+                None => return self.invalid(now),
+            }
+        } else {
+            model.strip_prefix("models/").unwrap_or(model)
+        };
+        let retired = self.shared.config.retired_models.iter().any(|r| r == id);
+        if retired || proto::RETIRED_MODELS.contains(&id) {
+            // Shut-down models are refused like this by the service (spec §10.1).
+            return self.close(1008, proto::REASON_NOT_FOUND, now);
+        }
         let Some(profile) = proto::model(id) else {
             let reason = format!(
                 "models/{id} is not found for API version {}, or is not supported for bidiGenerateContent.",
@@ -600,11 +672,8 @@ impl Session {
         if !audio_only {
             return self.close(1007, proto::REASON_NON_AUDIO, now);
         }
-        if profile.is_3_8
-            && (field(&gc, "thinkingConfig").is_some()
-                || field(&gc, "enableAffectiveDialog").is_some()
-                || path(&setup, &["proactivity", "proactiveAudio"]) == Some(&Value::Bool(false)))
-        {
+        // Thinking, affective dialog, proactivity and tool behaviours, as the profile says.
+        if !profile.admits(&setup) {
             return self.invalid(now);
         }
         if let Some(voice) = path(
@@ -683,7 +752,13 @@ impl Session {
                 "initialHistoryInClientContent",
             ),
             system_chars: content_chars(field(&setup, "systemInstruction")),
+            tool_behaviors: proto::declared_behaviors(&setup)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(name, b)| Some((name, b?)))
+                .collect(),
         };
+        self.profile = Some(profile);
         if let Some(handle) =
             path(&setup, &["sessionResumption", "handle"]).filter(|h| !h.is_null())
         {
@@ -753,7 +828,12 @@ impl Session {
             self.interrupt(now);
         }
         if proto::bool_field(body, "turnComplete") {
+            self.stalled = false;
             self.user_turn(0, 0, TurnTrigger::ClientContent, false, now);
+        } else if self.profile.is_some_and(|p| p.incomplete_content_stalls) {
+            // 2.5 (public reports): the model stops answering the caller's audio until a
+            // clientContent with turnComplete:true; 3.x just waits for more input.
+            self.stalled = true;
         }
     }
 
@@ -778,6 +858,13 @@ impl Session {
                 "text" => match v.as_str() {
                     Some(t) => {
                         self.prompt_text_chars += t.chars().count();
+                        if self.caller_speaking()
+                            && self.profile.is_some_and(|p| p.text_joins_speech)
+                        {
+                            // 2.5: text sent while the caller speaks joins their turn, which
+                            // is answered when it ends.
+                            continue;
+                        }
                         let interrupting = self.gen.is_some() && self.settings.interrupts;
                         if interrupting {
                             self.interrupt(now);
@@ -895,12 +982,37 @@ impl Session {
             else {
                 return self.invalid(now);
             };
-            let pending = self.gen.as_mut().and_then(|g| {
+            let scheduling = match field(r, "scheduling") {
+                None | Some(Value::Null) => Scheduling::WhenIdle,
+                Some(v) => match v.as_str() {
+                    Some("SILENT") => Scheduling::Silent,
+                    Some("WHEN_IDLE") => Scheduling::WhenIdle,
+                    Some("INTERRUPT") => Scheduling::Interrupt,
+                    _ => return self.invalid(now),
+                },
+            };
+            let blocking = self.gen.as_mut().and_then(|g| {
                 let i = g.pending_tools.iter().position(|p| p == id)?;
                 Some(g.pending_tools.remove(i))
             });
+            if blocking.is_some() {
+                continue;
+            }
+            if let Some(i) = self
+                .async_calls
+                .iter()
+                .position(|c| c.ids.iter().any(|x| x == id))
+            {
+                self.async_calls[i].ids.retain(|x| x != id);
+                if self.async_calls[i].ids.is_empty() {
+                    if let Some(reply) = self.async_calls.remove(i).after_tool {
+                        self.schedule_result(reply, scheduling, now);
+                    }
+                }
+                continue;
+            }
             // A response racing the cancellation of its call is tolerated, not fatal.
-            if pending.is_none() && !self.cancelled_tools.contains(id) {
+            if !self.cancelled_tools.contains(id) {
                 return self.close(1008, proto::REASON_NOT_FOUND, now);
             }
         }
@@ -913,9 +1025,50 @@ impl Session {
                     text: String::new(),
                 });
                 g.seg = Segment::new(&reply, chunk_ms, pace, now + latency);
-                g.stage = Stage::Streaming { after_tool: true };
+                g.stage = Stage::Streaming;
             }
         }
+    }
+
+    /// A NON_BLOCKING call's result is in: speak `reply` as its `scheduling` says.
+    fn schedule_result(&mut self, reply: Reply, scheduling: Scheduling, now: Instant) {
+        match scheduling {
+            Scheduling::Silent => {}
+            Scheduling::WhenIdle => {
+                self.pending_results.push_back(reply);
+                self.start_next(now);
+            }
+            Scheduling::Interrupt => {
+                let wait = self.profile.is_some_and(|p| p.interrupt_waits_for_user);
+                if wait && self.caller_speaking() {
+                    // 3.8: wait until the caller's turn ends (Vertex 3.8 migration guide).
+                    self.deferred_interrupts.push(reply);
+                    return;
+                }
+                self.pending_results.push_front(reply);
+                self.cut_for_result(now);
+                self.start_next(now);
+            }
+        }
+    }
+
+    /// INTERRUPT: cut a turn that is still generating — `interrupted`, then `turnComplete`,
+    /// like a barge-in but without cancelling anything. A turn that already completed its
+    /// generation or waits for BLOCKING calls runs on; the result follows it.
+    fn cut_for_result(&mut self, now: Instant) {
+        if self
+            .gen
+            .as_ref()
+            .is_some_and(|g| matches!(g.stage, Stage::Streaming))
+        {
+            self.send(json!({"serverContent": {"interrupted": true}}));
+            self.finish_turn(now);
+        }
+    }
+
+    /// The caller is mid-utterance (VAD speech, or inside activityStart..activityEnd).
+    fn caller_speaking(&self) -> bool {
+        self.activity_open || self.vad.as_ref().is_some_and(|v| v.speaking)
     }
 
     // ---- turns ----------------------------------------------------------------------------
@@ -961,12 +1114,56 @@ impl Session {
                 }
             }
         }
+        let text_trigger = matches!(trigger, TurnTrigger::Text | TurnTrigger::ClientContent);
+        // 2.5 after an incomplete clientContent: a caller turn is heard, not answered.
+        let answered = text_trigger || !self.stalled;
+        if !self.deferred_interrupts.is_empty() {
+            // 3.8: INTERRUPT results held while the caller spoke go first, then the answer.
+            for reply in std::mem::take(&mut self.deferred_interrupts)
+                .into_iter()
+                .rev()
+            {
+                self.pending_results.push_front(reply);
+            }
+            if answered {
+                self.queued_turn = Some(trigger);
+            }
+            self.cut_for_result(now);
+            return self.start_next(now);
+        }
+        if !answered {
+            return;
+        }
         if self.gen.is_some() {
             // NO_INTERRUPTION: answer once the current turn is over.
             self.queued_turn = Some(trigger);
         } else {
             self.start_turn(trigger, now);
         }
+    }
+
+    /// Start what waits for an idle model: a tool result first, then a queued answer.
+    fn start_next(&mut self, now: Instant) {
+        if self.gen.is_some() || !matches!(self.phase, Phase::Live) {
+            return;
+        }
+        if let Some(reply) = self.pending_results.pop_front() {
+            self.begin_generation(Turn::reply(reply), false, now);
+        } else if let Some(trigger) = self.queued_turn.take() {
+            self.start_turn(trigger, now);
+        }
+    }
+
+    /// How a function call behaves: as declared, else the model's default.
+    fn behavior_of(&self, name: &str) -> Behavior {
+        self.settings
+            .tool_behaviors
+            .get(name)
+            .copied()
+            .unwrap_or(match self.profile {
+                Some(p) => p.default_tool_behavior,
+                None => Behavior::Blocking,
+            })
     }
 
     fn start_turn(&mut self, trigger: TurnTrigger, now: Instant) {
@@ -982,7 +1179,14 @@ impl Session {
             }
         };
         self.pos.started = true;
-        if self.settings.input_transcription && !text_trigger {
+        self.begin_generation(turn, !text_trigger, now);
+    }
+
+    /// Start streaming `turn` (a scripted turn, or a tool result as a new turn).
+    fn begin_generation(&mut self, turn: Turn, echo_caller: bool, now: Instant) {
+        let cfg = Arc::clone(&self.shared);
+        let cfg = &cfg.config;
+        if self.settings.input_transcription && echo_caller {
             if let Some(caller) = &turn.caller {
                 for frag in fragments(caller) {
                     self.send(json!({"serverContent": {"inputTranscription": {"text": frag}}}));
@@ -1004,10 +1208,17 @@ impl Session {
         let seg = Segment::new(&turn.reply, cfg.chunk_ms, cfg.pace, start);
         let prompt_audio_ms = samples_to_ms(self.audio_samples - self.prompt_audio_mark);
         self.prompt_audio_mark = self.audio_samples;
+        let asynchronous = !turn.tool_calls.is_empty()
+            && turn
+                .tool_calls
+                .iter()
+                .all(|c| self.behavior_of(&c.name) == Behavior::NonBlocking);
         self.gen = Some(Generation {
             turn,
             seg,
-            stage: Stage::Streaming { after_tool: false },
+            stage: Stage::Streaming,
+            asynchronous,
+            calls_sent: false,
             pending_tools: Vec::new(),
             played_until: start,
             response_ms: 0,
@@ -1022,7 +1233,18 @@ impl Session {
         while matches!(self.phase, Phase::Live) {
             let Some(g) = self.gen.as_mut() else { return };
             match g.stage {
-                Stage::Streaming { after_tool } => {
+                Stage::Streaming => {
+                    // NON_BLOCKING: the toolCall goes out once `tool_call_at_ms` of the reply
+                    // audio has been sent, and the reply keeps streaming.
+                    if g.asynchronous && !g.calls_sent {
+                        let due = g.turn.tool_call_at_ms.is_some_and(|at| {
+                            g.seg.audio_ms_sent() >= at && (g.seg.idx > 0 || now >= g.seg.start)
+                        });
+                        if due {
+                            self.send_tool_calls();
+                            continue;
+                        }
+                    }
                     if g.seg.idx < g.seg.chunks {
                         if now < g.seg.due() {
                             return;
@@ -1047,28 +1269,18 @@ impl Session {
                         }
                         continue;
                     }
-                    if !after_tool && !g.turn.tool_calls.is_empty() {
+                    if !g.calls_sent && !g.turn.tool_calls.is_empty() {
                         if now < g.seg.due() {
                             return;
                         }
-                        let calls: Vec<Value> = g
-                            .turn
-                            .tool_calls
-                            .iter()
-                            .map(|c| {
-                                let n = self.shared.tool_seq.fetch_add(1, Ordering::Relaxed);
-                                json!({"id": format!("function-call-{n}"), "name": c.name, "args": c.args})
-                            })
-                            .collect();
-                        g.pending_tools = calls
-                            .iter()
-                            .filter_map(|c| c["id"].as_str().map(str::to_string))
-                            .collect();
-                        g.stage = Stage::AwaitingTools;
-                        let ids = g.pending_tools.clone();
-                        self.record(|r| r.tool_calls_sent.extend(ids));
-                        self.send(json!({"toolCall": {"functionCalls": calls}}));
-                        return;
+                        // After the reply audio: BLOCKING calls wait here for their responses;
+                        // NON_BLOCKING ones without `tool_call_at_ms` go out and the turn ends.
+                        let blocking = !g.asynchronous;
+                        self.send_tool_calls();
+                        if blocking {
+                            return;
+                        }
+                        continue;
                     }
                     if now < g.seg.due() {
                         return;
@@ -1104,16 +1316,56 @@ impl Session {
 
     fn finish_turn(&mut self, now: Instant) {
         let Some(g) = self.gen.take() else { return };
+        let thoughts = self.profile.is_some_and(|p| p.thoughts_tokens);
+        let mut content = json!({"turnComplete": true});
+        if self.profile.is_some_and(|p| p.interaction_status) {
+            // Extended thinking: still busy while a NON_BLOCKING call is outstanding or a
+            // result is still to be spoken.
+            let busy = !self.async_calls.is_empty()
+                || !self.pending_results.is_empty()
+                || !self.deferred_interrupts.is_empty();
+            content["interactionStatus"] = json!(if busy { "IN_PROGRESS" } else { "IDLE" });
+        }
         self.send(json!({
-            "serverContent": {"turnComplete": true},
-            "usageMetadata": usage(g.prompt_text_chars, g.prompt_audio_ms, g.response_ms),
+            "serverContent": content,
+            "usageMetadata": usage(g.prompt_text_chars, g.prompt_audio_ms, g.response_ms, thoughts),
         }));
         if self.settings.resumption {
             self.send_handle(now);
         }
-        if let Some(trigger) = self.queued_turn.take() {
-            self.start_turn(trigger, now);
+        self.start_next(now);
+    }
+
+    /// Send the current turn's calls as one `toolCall`: BLOCKING calls make the turn wait,
+    /// NON_BLOCKING ones are tracked on the session (their responses may come after the turn).
+    fn send_tool_calls(&mut self) {
+        let Some(g) = self.gen.as_mut() else { return };
+        let calls: Vec<Value> = g
+            .turn
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let n = self.shared.tool_seq.fetch_add(1, Ordering::Relaxed);
+                json!({"id": format!("function-call-{n}"), "name": c.name, "args": c.args})
+            })
+            .collect();
+        let ids: Vec<String> = calls
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(str::to_string))
+            .collect();
+        g.calls_sent = true;
+        if g.asynchronous {
+            let after_tool = g.turn.after_tool.clone();
+            self.async_calls.push(AsyncCalls {
+                ids: ids.clone(),
+                after_tool,
+            });
+        } else {
+            g.pending_tools = ids.clone();
+            g.stage = Stage::AwaitingTools;
         }
+        self.record(|r| r.tool_calls_sent.extend(ids));
+        self.send(json!({"toolCall": {"functionCalls": calls}}));
     }
 
     fn send_handle(&mut self, now: Instant) {
@@ -1229,8 +1481,9 @@ fn fragments(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Plausible per-turn token counts: text ≈ 4 chars/token, audio 32 tokens/s in, 25 out.
-fn usage(text_chars: usize, audio_in_ms: u64, audio_out_ms: u64) -> Value {
+/// Plausible per-turn token counts: text ≈ 4 chars/token, audio 32 tokens/s in, 25 out;
+/// with `thoughts`, `thoughtsTokenCount` grows with the prompt and is part of the total.
+fn usage(text_chars: usize, audio_in_ms: u64, audio_out_ms: u64, thoughts: bool) -> Value {
     let text = text_chars.div_ceil(4) as u64;
     let audio_in = audio_in_ms * 32 / 1000;
     let audio_out = audio_out_ms * 25 / 1000;
@@ -1238,13 +1491,22 @@ fn usage(text_chars: usize, audio_in_ms: u64, audio_out_ms: u64) -> Value {
     if audio_in > 0 {
         prompt_details.push(json!({"modality": "AUDIO", "tokenCount": audio_in}));
     }
-    json!({
+    let thought = if thoughts {
+        16 + (text + audio_in) / 4
+    } else {
+        0
+    };
+    let mut v = json!({
         "promptTokenCount": text + audio_in,
         "responseTokenCount": audio_out,
-        "totalTokenCount": text + audio_in + audio_out,
+        "totalTokenCount": text + audio_in + audio_out + thought,
         "promptTokensDetails": prompt_details,
         "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": audio_out}],
-    })
+    });
+    if thoughts {
+        v["thoughtsTokenCount"] = json!(thought);
+    }
+    v
 }
 
 /// Characters of text in a `Content` (`{parts:[{text}]}`) or a bare string.
