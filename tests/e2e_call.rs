@@ -40,10 +40,27 @@ fn at(
         .map(|e| e.at_ms)
 }
 
-/// The main scenario: greeting, a question answered, goodbye + end_call → REST hang-up only
-/// after the goodbye was heard.
+const M38: &str = "gemini-3.8-live";
+const M25: &str = "gemini-2.5-flash-native-audio-preview-12-2025";
+
+/// The main scenario on Gemini 3.8 (NON_BLOCKING): the model calls end_call 300 ms into its
+/// goodbye and keeps talking; the bridge answers SILENT (no second turn about the result) and
+/// hangs up only after the whole goodbye was heard, within a second of its last frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recorded_call_replay_with_hang_up_after_goodbye() {
+async fn recorded_call_replay_with_hang_up_after_goodbye_on_3_8() {
+    recorded_call_replay(M38).await;
+}
+
+/// The same on Gemini 2.5 (BLOCKING): end_call after the goodbye; the model waits for the
+/// answer, then ends its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_call_replay_with_hang_up_after_goodbye_on_2_5() {
+    recorded_call_replay(M25).await;
+}
+
+/// Greeting, a question answered, goodbye + end_call → REST hang-up only after the goodbye
+/// was heard.
+async fn recorded_call_replay(model: &str) {
     let scenario = Scenario {
         greeting: Some(Reply::greeting()),
         turns: vec![
@@ -53,6 +70,8 @@ async fn recorded_call_replay_with_hang_up_after_goodbye() {
                     name: "end_call".into(),
                     args: json!({"reason": "done"}),
                 }],
+                // Ignored for BLOCKING calls (2.5): they go out after the reply.
+                tool_call_at_ms: Some(300),
                 ..Turn::reply(Reply {
                     clip: Some(goodbye_clip()),
                     text: GOODBYE.into(),
@@ -61,7 +80,8 @@ async fn recorded_call_replay_with_hang_up_after_goodbye() {
         ],
         ..Scenario::default()
     };
-    let mut h = harness(|s| s.scenario(scenario), |_| {}).await;
+    let model_id = model.to_string();
+    let mut h = harness(|s| s.scenario(scenario), move |c| c.gemini.model = model_id).await;
     let call_sid = "CA00000000000000000000000000000001";
     let caller = h
         .caller()
@@ -88,10 +108,17 @@ async fn recorded_call_replay_with_hang_up_after_goodbye() {
     assert_eq!(rec.connections.len(), 1);
     let conn = &rec.connections[0];
     let setup = conn.setup.as_ref().expect("setup recorded");
-    assert_eq!(
-        setup["model"],
-        "models/gemini-2.5-flash-native-audio-preview-12-2025"
-    );
+    assert_eq!(setup["model"], format!("models/{model}"));
+    let behavior = if model == M38 {
+        "NON_BLOCKING"
+    } else {
+        "BLOCKING"
+    };
+    assert!(setup["tools"][0]["functionDeclarations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["behavior"] == behavior));
     assert_eq!(
         setup["generationConfig"]["responseModalities"],
         json!(["AUDIO"])
@@ -125,6 +152,11 @@ async fn recorded_call_replay_with_hang_up_after_goodbye() {
     }
     assert_eq!(conn.tool_responses.len(), 1, "exactly one tool response");
     assert_eq!(conn.tool_calls_sent.len(), 1);
+    if model == M38 {
+        assert_eq!(conn.tool_responses[0]["scheduling"], "SILENT");
+    } else {
+        assert!(conn.tool_responses[0].get("scheduling").is_none());
+    }
 
     // The caller heard the agent's clips, in whole frames.
     assert_eq!(report.media_bytes_received % 160, 0);
@@ -177,18 +209,39 @@ async fn recorded_call_replay_with_hang_up_after_goodbye() {
         hung_up_at >= ended_at,
         "hang-up at {hung_up_at} ms before the goodbye ended at {ended_at} ms"
     );
+    assert!(
+        hung_up_at <= ended_at + 1_000,
+        "hang-up {} ms after the goodbye's last frame",
+        hung_up_at - ended_at
+    );
+    // No fourth agent turn ("the call has been ended") after the goodbye.
+    assert!(!report
+        .timeline
+        .iter()
+        .any(|e| matches!(e.event, TimelineEvent::AgentAudioEnd { turn: 4, .. })));
 }
 
 /// Barge-in: the caller talks over a long answer; `clear` comes at once and no audio of the
 /// interrupted turn is played after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn barge_in_clears_and_plays_nothing_stale() {
+async fn barge_in_clears_and_plays_nothing_stale_on_3_8() {
+    barge_in(M38).await;
+}
+
+/// The same on 2.5, whose note of what was heard goes as `realtimeInput.text`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_clears_and_plays_nothing_stale_on_2_5() {
+    barge_in(M25).await;
+}
+
+async fn barge_in(model: &str) {
     let scenario = Scenario {
         greeting: Some(Reply::greeting()),
         turns: vec![Turn::reply(Reply::long()), Turn::reply(Reply::greeting())],
         ..Scenario::default()
     };
-    let mut h = harness(|s| s.scenario(scenario), |_| {}).await;
+    let model_id = model.to_string();
+    let mut h = harness(|s| s.scenario(scenario), move |c| c.gemini.model = model_id).await;
     let report = h
         .caller()
         .script(

@@ -654,7 +654,16 @@ async fn send_dtmf_plays_digits_and_continues_the_same_session_on_a_new_stream()
         )],
         ..Scenario::default()
     };
-    let mut h = harness(|s| s.scenario(scenario), |c| c.tools.send_dtmf = true).await;
+    // BLOCKING semantics (2.5): the model speaks about the result after the keys were sent.
+    // On 3.8 a successful send_dtmf is answered SILENT (tests/model_profiles.rs).
+    let mut h = harness(
+        |s| s.scenario(scenario),
+        |c| {
+            c.tools.send_dtmf = true;
+            c.gemini.model = "gemini-2.5-flash-native-audio-preview-12-2025".into();
+        },
+    )
+    .await;
     let call_sid = sid(0x601);
     let caller = h
         .caller()
@@ -911,7 +920,11 @@ async fn webhook_tool_cancelled_by_barge_in_is_aborted_and_not_answered() {
         |s| s.scenario(scenario),
         move |c| {
             c.tools.secret = Secret::new(TOOLS_SECRET);
-            c.tools.webhooks = vec![webhook("hang", url, 20_000)];
+            // Declared BLOCKING: on 3.8 new input cancels a running blocking call (Vertex's
+            // 3.8 migration guide); NON_BLOCKING calls survive a barge-in.
+            let mut w = webhook("hang", url, 20_000);
+            w.scheduling = callbridge::config::ToolScheduling::Blocking;
+            c.tools.webhooks = vec![w];
         },
     )
     .await;

@@ -41,13 +41,23 @@ fn received(h: &Harness) -> Vec<i16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_away_handovers_lose_and_duplicate_no_caller_audio() {
+    go_away_handovers("gemini-3.8-live").await;
+}
+
+/// The same handovers on Gemini 2.5 (one member per server event, BLOCKING tools).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_away_handovers_lose_and_duplicate_no_caller_audio_on_2_5() {
+    go_away_handovers("gemini-2.5-flash-native-audio-preview-12-2025").await;
+}
+
+async fn go_away_handovers(model: &'static str) {
     let mut h = harness(
         |s| {
             s.scenario(chat())
                 .lifetime(Duration::from_secs(10))
                 .go_away_lead(Duration::from_secs(6))
         },
-        |_| {},
+        |c| c.gemini.model = model.into(),
     )
     .await;
     let report = h
