@@ -59,7 +59,7 @@ async fn a_non_blocking_webhook_result_is_spoken_once_after_the_reply() {
         ..Scenario::default()
     };
     let url = op.url("lookup_order");
-    let mut h = harness(
+    let h = harness(
         |s| s.scenario(scenario),
         move |c| {
             c.tools.secret = Secret::new(TOOLS_SECRET);
