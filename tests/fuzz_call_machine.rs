@@ -156,7 +156,14 @@ fn arb_knobs() -> impl Strategy<Value = Knobs> {
 }
 
 fn settings(k: &Knobs) -> CallSettings {
-    let mut s = CallSettings::from_config(&Config::default());
+    // Both tool semantics: NON_BLOCKING (3.8, the default) and BLOCKING (2.5), chosen by a
+    // knob that is otherwise independent of tools (adding a field would exceed proptest's
+    // tuple arity in `arb_knobs`).
+    let mut cfg = Config::default();
+    if k.max_sessions % 2 == 0 {
+        cfg.gemini.model = "gemini-2.5-flash-native-audio-preview-12-2025".into();
+    }
+    let mut s = CallSettings::from_config(&cfg);
     let ms = Duration::from_millis;
     s.handover_overlap = k.overlap;
     s.max_reconnects = k.max_reconnects;
@@ -986,7 +993,10 @@ fn huge_go_away_time_left_does_not_panic() {
 /// Minimal reproduction of the third spin found by `next_timeout_is_in_the_future_after_a_tick`.
 #[test]
 fn awaited_call_action_after_silence_leaves_no_past_timeout() {
-    let s = CallSettings::from_config(&Config::default());
+    // BLOCKING (2.5) semantics: the action is handed over as soon as nothing is playing.
+    let mut cfg = Config::default();
+    cfg.gemini.model = "gemini-2.5-flash-native-audio-preview-12-2025".into();
+    let s = CallSettings::from_config(&cfg);
     let silence = s.silence_timeout.expect("silence timeout on by default");
     let t0 = Instant::now();
     let mut call = live_call(s, t0);

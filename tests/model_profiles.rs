@@ -799,3 +799,74 @@ fn a_late_continuation_is_bridged_by_the_filler_so_the_caller_never_waits_a_seco
     );
     assert!(longest_gap <= Duration::from_secs(1), "gap {longest_gap:?}");
 }
+
+// ---- bad input ------------------------------------------------------------------------------
+
+#[test]
+fn an_unknown_scheduling_value_in_the_config_is_refused_naming_it() {
+    let text = r#"
+[[tools.webhooks]]
+name = "lookup"
+description = "Look up an order"
+url = "https://ops.example.com/lookup"
+scheduling = "later"
+"#;
+    let err = Config::from_toml(text, "t.toml").expect_err("unknown variant");
+    let msg = err.to_string();
+    assert!(msg.contains("later") && msg.contains("when_idle"), "{msg}");
+}
+
+#[test]
+fn a_multi_part_event_with_audio_transcript_and_a_tool_call_is_handled_in_order() {
+    use base64::Engine as _;
+    let pcm = audio(100);
+    let frame = json!({
+        "serverContent": {
+            "modelTurn": {"parts": [{"inlineData": {
+                "mimeType": "audio/pcm;rate=24000",
+                "data": base64::engine::general_purpose::STANDARD.encode(&pcm)
+            }}]},
+            "outputTranscription": {"text": "Goodbye"},
+            "interactionStatus": "IDLE"
+        },
+        "toolCall": {"functionCalls": [{"id": "fc-9", "name": "end_call", "args": {}}]}
+    })
+    .to_string();
+    let events = callbridge::gemini::wire::decompose(frame.as_bytes()).expect("decodes");
+    assert!(matches!(events[0], ModelEvent::Audio(_)));
+    assert!(matches!(&events[1], ModelEvent::OutputTranscription(t) if t == "Goodbye"));
+    assert!(matches!(
+        events[2],
+        ModelEvent::InteractionStatus(InteractionStatus::Idle)
+    ));
+    assert!(matches!(&events[3], ModelEvent::ToolCall(c) if c[0].name == "end_call"));
+    let t0 = Instant::now();
+    let mut call = live(&config(M38), t0);
+    let mut outs = Vec::new();
+    for ev in events {
+        outs.extend(model(&mut call, ev, t0));
+    }
+    assert_eq!(responses(&outs).len(), 1, "the tool call is answered");
+    assert!(frames(&outs) > 0, "the audio is played");
+    outs.extend(model(&mut call, ModelEvent::TurnComplete, t0));
+    // The caller's phone echoes the marks of what it played.
+    for m in marks(&outs) {
+        call.handle_input(Input::Caller(CallerEvent::Mark { name: m }), t0);
+    }
+    let (_, hang, _) = play(&mut call, t0, 3_000);
+    assert!(hang.is_some(), "and the call ends after the goodbye");
+}
+
+#[test]
+fn a_tool_call_for_an_undeclared_tool_gets_an_error_and_the_call_goes_on() {
+    let t0 = Instant::now();
+    let mut call = live(&config(M38), t0);
+    let outs = model(&mut call, tool("fc-1", "launch_rockets", json!({})), t0);
+    let r = responses(&outs);
+    assert!(r[0].response["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown tool"));
+    model(&mut call, ModelEvent::Audio(audio(200)), t0);
+    assert!(!call.is_ended());
+}

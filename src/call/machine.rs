@@ -1062,7 +1062,10 @@ impl Call {
             consider(ahead(self.queued_until));
             consider(ahead(self.last_voice.map(|v| v + QUIET_AFTER_VOICE)));
         }
-        if self.awaiting_continuation && self.pending.is_empty() {
+        if self.awaiting_continuation
+            && self.settings.filler_after.is_some()
+            && self.pending.is_empty()
+        {
             consider(ahead(self.queued_until.map(|q| q + CONTINUATION_GAP)));
         }
         if let Some(r) = &self.reconnect {
@@ -2069,6 +2072,9 @@ impl Call {
         self.turns.clear();
         self.generating = None;
         self.discarding = true;
+        // The caller spoke over it: there is nothing left to finish.
+        self.awaiting_continuation = false;
+        self.cut_reply = None;
         self.downlink.reset();
         self.outputs.push_back(Output::ToCaller(CallerOut::Clear));
         self.queued_until = Some(now);
@@ -2310,6 +2316,7 @@ impl Call {
             return;
         }
         if self.awaiting_continuation
+            && self.settings.filler_after.is_some()
             && self.phase == Phase::Live
             && self.pending.is_empty()
             && self.generating.is_none()

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use super::connect::truncate;
+
 /// The OAuth2 scope Vertex AI needs.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// The metadata server's host on Google Cloud (GCE, Cloud Run, GKE).
@@ -469,17 +471,6 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]

@@ -390,7 +390,7 @@ fn classify(e: WsError, url: String, secret: &str) -> ConnectError {
 }
 
 /// Removes the secret from text we did not write (server bodies, library errors).
-fn scrub(text: &str, secret: &str) -> String {
+pub(crate) fn scrub(text: &str, secret: &str) -> String {
     if secret.is_empty() {
         return text.to_owned();
     }
@@ -399,7 +399,8 @@ fn scrub(text: &str, secret: &str) -> String {
         .replace(encoded.as_ref(), "REDACTED")
 }
 
-fn truncate(text: &str, max: usize) -> String {
+/// At most `max` bytes of `text` (cut on a character boundary, then `…`).
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }

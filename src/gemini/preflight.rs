@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::connect::{self, describe_close, Credential, ModelSocket};
+use super::connect::{self, describe_close, scrub, Credential, ModelSocket};
 
 /// Longest close reason kept (characters); Google's are one sentence.
 const MAX_REASON_CHARS: usize = 200;
@@ -289,16 +289,6 @@ fn secret(credential: &Credential) -> &str {
         Credential::ApiKey(s) | Credential::EphemeralToken(s) => s,
         _ => "",
     }
-}
-
-/// Removes the secret (as given and URL-encoded) from text we did not write.
-fn scrub(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        return text.to_owned();
-    }
-    let encoded = urlencoding::encode(secret);
-    text.replace(secret, "REDACTED")
-        .replace(encoded.as_ref(), "REDACTED")
 }
 
 /// At most [`MAX_REASON_CHARS`] characters (then `…`); escaping is left to `{:?}` when shown.
