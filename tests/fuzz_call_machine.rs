@@ -160,7 +160,7 @@ fn settings(k: &Knobs) -> CallSettings {
     // knob that is otherwise independent of tools (adding a field would exceed proptest's
     // tuple arity in `arb_knobs`).
     let mut cfg = Config::default();
-    if k.max_sessions % 2 == 0 {
+    if k.max_sessions.is_multiple_of(2) {
         cfg.gemini.model = "gemini-2.5-flash-native-audio-preview-12-2025".into();
     }
     let mut s = CallSettings::from_config(&cfg);
