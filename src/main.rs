@@ -106,7 +106,11 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => {
                 let env = |k: &str| std::env::var(k).ok();
                 callbridge::config::Config::load(config.as_deref(), &env)
-                    .map(|c| println!("{c:#?}"))
+                    .map(|c| {
+                        let (p, how) = c.model_profile();
+                        println!("{c:#?}");
+                        println!("model profile: {} ({}, {how:?})", p.name, p.status.as_str());
+                    })
                     .map_err(|e| e.to_string())
             }
             Command::Demo(args) => {

@@ -74,6 +74,32 @@ pub async fn close_records(store: Store, writer: StoreWriter) {
     store.close().await;
 }
 
+/// Says which behaviour profile the configured model gets; an id the table does not know is
+/// a warning (it runs with the default profile unless `gemini.profile` pins one).
+pub fn log_model_profile(config: &Config) {
+    use crate::gemini::profile::{Match, Status};
+    let (p, how) = config.model_profile();
+    let model = crate::redact::bounded(&config.gemini.model, 128);
+    match how {
+        Match::Fallback => tracing::warn!(
+            model = %model,
+            profile = p.name,
+            "gemini.model is not in the model table; using the {} profile (pin another with gemini.profile)",
+            p.name
+        ),
+        Match::Pinned => {
+            tracing::info!(model = %model, profile = p.name, "model profile pinned by gemini.profile")
+        }
+        Match::Known if p.status != Status::Stable => tracing::warn!(
+            model = %model,
+            status = p.status.as_str(),
+            "gemini.model is a {} model: Google may shut it down at short notice (callbridge check-model tells)",
+            p.status.as_str()
+        ),
+        Match::Known => tracing::info!(model = %model, profile = p.name, "model profile"),
+    }
+}
+
 /// Loads the configuration (file + environment) and serves until SIGINT/SIGTERM.
 pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     let env = |k: &str| std::env::var(k).ok();
@@ -85,6 +111,7 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     } else if config.gemini.api_key.is_empty() {
         tracing::warn!("GEMINI_API_KEY is not set: the model will refuse every session");
     }
+    log_model_profile(&config);
     if !config.tools.webhooks.is_empty() && config.tools.secret.is_empty() {
         tracing::warn!("CALLBRIDGE_TOOLS_SECRET is not set: webhook tool requests are signed with an empty key");
     }

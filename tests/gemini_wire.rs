@@ -288,6 +288,9 @@ fn full_ordering_within_server_content() {
             ModelEvent::Audio(PCM.to_vec()),
             ModelEvent::OutputTranscription("b".into()),
             ModelEvent::GenerationComplete,
+            // Why the turn ended and the model's deliberate silence come just before it.
+            ModelEvent::TurnCompleteReason("NEED_MORE_INPUT".into()),
+            ModelEvent::WaitingForInput,
             ModelEvent::TurnComplete,
             ModelEvent::Usage(UsageMetadata {
                 total_token_count: 1,

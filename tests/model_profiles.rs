@@ -870,3 +870,27 @@ fn a_tool_call_for_an_undeclared_tool_gets_an_error_and_the_call_goes_on() {
     model(&mut call, ModelEvent::Audio(audio(200)), t0);
     assert!(!call.is_ended());
 }
+
+#[test]
+fn thinking_tokens_are_counted_and_priced_as_output_text() {
+    use callbridge::gemini::wire::UsageMetadata;
+    use callbridge::ops::journal::TokenUsage;
+    let mut usage = TokenUsage::default();
+    let added = usage.add(&UsageMetadata {
+        prompt_token_count: 100,
+        response_token_count: 50,
+        total_token_count: 286,
+        prompt_details: vec![("AUDIO".into(), 100)],
+        response_details: vec![("AUDIO".into(), 50)],
+        thoughts_token_count: 136,
+    });
+    assert!(added.contains(&("response", "THOUGHTS".to_string(), 136)));
+    let cfg = config(M38X);
+    let p = &cfg.pricing;
+    let want = (100.0 * p.input_audio + 50.0 * p.output_audio + 136.0 * p.output_text) / 1e6;
+    assert!(
+        (usage.cost_usd(p) - want).abs() < 1e-12,
+        "{}",
+        usage.cost_usd(p)
+    );
+}
