@@ -6,26 +6,10 @@ mod sim_gemini_support;
 use std::time::{Duration, Instant};
 
 use callbridge::sim::gemini::{
-    Clip, CloseRecord, FaultAction, GeminiSim, GeminiSimBuilder, Reply, Scenario, ToolCall, Turn,
-    TurnFault,
+    CloseRecord, FaultAction, GeminiSim, Reply, Scenario, ToolCall, Turn, TurnFault,
 };
 use serde_json::{json, Value};
 use sim_gemini_support::*;
-
-fn fast() -> GeminiSimBuilder {
-    GeminiSim::builder()
-        .pace(25.0)
-        .response_latency(Duration::from_millis(10))
-        .realtime_playback(false)
-}
-
-fn tone(ms: u32) -> Clip {
-    Clip::from_samples(
-        (0..ms * 24)
-            .map(|i| if i % 12 < 6 { 4000 } else { -4000 })
-            .collect(),
-    )
-}
 
 fn said(text: &str) -> Reply {
     Reply {

@@ -11,7 +11,7 @@ mod sim_gemini_support;
 use std::time::Duration;
 
 use callbridge::sim::gemini::{
-    Clip, CloseRecord, GeminiSim, GeminiSimBuilder, Reply, Scenario, ToolCall, Turn, TurnTrigger,
+    CloseRecord, GeminiSim, GeminiSimBuilder, Reply, Scenario, ToolCall, Turn, TurnTrigger,
 };
 use serde_json::{json, Value};
 use sim_gemini_support::*;
@@ -23,22 +23,6 @@ const REASON_INVALID: &str = "Request contains an invalid argument.";
 const REASON_NOT_FOUND: &str = "Requested entity was not found.";
 const CHECKING: &str = "Let me check that for you.";
 const SUNNY: &str = "It is sunny in Paris.";
-
-fn fast() -> GeminiSimBuilder {
-    GeminiSim::builder()
-        .pace(25.0)
-        .response_latency(Duration::from_millis(10))
-        .realtime_playback(false)
-}
-
-/// Model audio: a 24 kHz square wave.
-fn tone(ms: u32) -> Clip {
-    Clip::from_samples(
-        (0..ms * 24)
-            .map(|i| if i % 12 < 6 { 4000 } else { -4000 })
-            .collect(),
-    )
-}
 
 /// Caller audio: 16 kHz, loud enough for the simulator's VAD.
 fn caller_tone(ms: u32) -> Vec<i16> {

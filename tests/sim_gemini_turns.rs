@@ -4,29 +4,12 @@ mod sim_gemini_support;
 
 use std::time::{Duration, Instant};
 
-use callbridge::sim::gemini::{
-    Clip, GeminiSim, GeminiSimBuilder, Reply, Scenario, Turn, TurnTrigger,
-};
+use callbridge::sim::gemini::{Clip, GeminiSim, Reply, Scenario, Turn, TurnTrigger};
 use serde_json::{json, Value};
 use sim_gemini_support::*;
 
 const GREETING: &str = "Hi! Thanks for calling. How can I help you today?";
 const HELLO: &str = "Hello, I am calling about my order. It has not arrived yet, can you help me?";
-
-fn fast() -> GeminiSimBuilder {
-    GeminiSim::builder()
-        .pace(25.0)
-        .response_latency(Duration::from_millis(10))
-        .realtime_playback(false)
-}
-
-fn tone(ms: u32) -> Clip {
-    Clip::from_samples(
-        (0..ms * 24)
-            .map(|i| if i % 12 < 6 { 4000 } else { -4000 })
-            .collect(),
-    )
-}
 
 fn is_sc(v: &Value, key: &str) -> bool {
     v["serverContent"].get(key).is_some()

@@ -15,6 +15,24 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// A simulator that runs a turn in milliseconds: 25× real-time pacing, 10 ms response
+/// latency, no wait for real-time playback.
+pub fn fast() -> callbridge::sim::gemini::GeminiSimBuilder {
+    callbridge::sim::gemini::GeminiSim::builder()
+        .pace(25.0)
+        .response_latency(Duration::from_millis(10))
+        .realtime_playback(false)
+}
+
+/// Model audio: a 24 kHz square wave of `ms` milliseconds.
+pub fn tone(ms: u32) -> callbridge::sim::gemini::Clip {
+    callbridge::sim::gemini::Clip::from_samples(
+        (0..ms * 24)
+            .map(|i| if i % 12 < 6 { 4000 } else { -4000 })
+            .collect(),
+    )
+}
+
 pub const MODEL_25: &str = "models/gemini-2.5-flash-native-audio-preview-12-2025";
 
 /// What the client saw next.
