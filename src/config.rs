@@ -686,12 +686,22 @@ impl Default for LimitsConfig {
     }
 }
 
+impl TransferConfig {
+    /// `allow_pattern` anchored to the whole number: `^(?:pattern)$`. An unanchored
+    /// `is_match` would accept any number that merely *contains* an allowed one
+    /// (`+14155551234999` for `\+1415555\d{4}`): toll fraud a caller could talk the model into.
+    pub fn compile_allow(pattern: &str) -> Result<regex::Regex, regex::Error> {
+        regex::Regex::new(&format!("^(?:{pattern})$"))
+    }
+}
+
 /// `[transfer]`
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
-    /// Regular expression a free-form number (E.164) must match for the model to transfer
-    /// to it; empty = only the named destinations.
+    /// Regular expression a free-form number (E.164) must match — as a whole, the bridge
+    /// compiles `^(?:pattern)$` — for the model to transfer to it; empty = only the named
+    /// destinations.
     pub allow_pattern: String,
     /// Caller ID for the transferred leg (E.164); empty = Twilio's default (the caller's).
     pub caller_id: String,
@@ -1241,12 +1251,15 @@ impl Config {
                 "expected 0..=60000",
             ));
         }
-        if l.start_timeout_ms == 0 {
-            return Err(invalid("limits.start_timeout_ms", 0, "expected at least 1"));
-        }
-        if l.max_call_secs == 0 {
-            return Err(invalid("limits.max_call_secs", 0, "expected at least 1"));
-        }
+        // Upper bounds too: a huge value would overflow `Instant` arithmetic on every call.
+        in_range("limits.start_timeout_ms", l.start_timeout_ms, 1, 600_000)?;
+        in_range("limits.max_call_secs", l.max_call_secs, 1, 86_400)?;
+        in_range(
+            "limits.silence_timeout_secs",
+            l.silence_timeout_secs,
+            0,
+            86_400,
+        )?;
         in_range("limits.dtmf_idle_ms", l.dtmf_idle_ms, 1, 60_000)?;
         in_range("limits.end_call_grace_ms", l.end_call_grace_ms, 1, 60_000)?;
         in_range("limits.wrap_up_grace_ms", l.wrap_up_grace_ms, 1, 120_000)?;
@@ -1302,7 +1315,7 @@ impl Config {
         }
         let tr = &self.transfer;
         if !tr.allow_pattern.is_empty() {
-            regex::Regex::new(&tr.allow_pattern).map_err(|e| {
+            TransferConfig::compile_allow(&tr.allow_pattern).map_err(|e| {
                 invalid(
                     "transfer.allow_pattern",
                     &tr.allow_pattern,

@@ -136,7 +136,7 @@ impl CallSettings {
         }];
         let destinations: Vec<String> = cfg.transfer.destinations.keys().cloned().collect();
         let transfer_allow = (!cfg.transfer.allow_pattern.is_empty())
-            .then(|| regex::Regex::new(&cfg.transfer.allow_pattern).ok())
+            .then(|| crate::config::TransferConfig::compile_allow(&cfg.transfer.allow_pattern).ok())
             .flatten();
         if !destinations.is_empty() || transfer_allow.is_some() {
             let listing = cfg

@@ -1,0 +1,118 @@
+//! Hardening from the outside review (issue 13), one regression test per finding fixed so
+//! far: `transfer.allow_pattern` must match the whole number (no toll fraud through a longer,
+//! prefixed or suffixed number), and timer settings are bounded so no `Instant` arithmetic can
+//! overflow on a call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use callbridge::call::machine::{Call, CallSettings, Input, ModelOut, Output};
+use callbridge::config::{Config, ConfigError};
+use callbridge::gemini::wire::{FunctionCall, ModelEvent};
+use callbridge::twilio::wire::{CallerEvent, StreamStart};
+use serde_json::json;
+
+fn live(cfg: &Config, t0: Instant) -> Call {
+    let mut call = Call::new(Arc::new(CallSettings::from_config(cfg)), t0).expect("pipeline");
+    call.handle_input(
+        Input::Caller(CallerEvent::Start(StreamStart {
+            stream_sid: "MZ00112233445566778899aabbccddeeff".into(),
+            call_sid: "CAfedcba9876543210fedcba9876543210".into(),
+            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+            tracks: vec!["inbound".into()],
+            encoding: "audio/x-mulaw".into(),
+            sample_rate: 8000,
+            channels: 1,
+            custom_parameters: BTreeMap::new(),
+        })),
+        t0,
+    );
+    call.handle_input(Input::ModelConnected, t0);
+    call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+    while call.poll_output().is_some() {}
+    call
+}
+
+/// Whether the model's transfer to `number` is accepted (armed) rather than refused.
+fn transfer_accepted(pattern: &str, number: &str) -> bool {
+    let mut cfg = Config::default();
+    cfg.transfer.allow_pattern = pattern.into();
+    cfg.limits.idle_stream_secs = 3_600;
+    cfg.validate().expect("valid pattern");
+    let t0 = Instant::now();
+    let mut call = live(&cfg, t0);
+    call.handle_input(
+        Input::Model(ModelEvent::ToolCall(vec![FunctionCall {
+            id: "fc-1".into(),
+            name: "transfer_call".into(),
+            args: json!({"destination": number}),
+        }])),
+        t0,
+    );
+    let refused = std::iter::from_fn(|| call.poll_output()).any(|o| {
+        matches!(&o, Output::ToModel(ModelOut::ToolResponse(r))
+            if r[0].response.get("error").is_some())
+    });
+    !refused
+}
+
+#[test]
+fn the_allow_pattern_matches_the_whole_number_only() {
+    let pattern = r"\+1415555\d{4}";
+    assert!(transfer_accepted(pattern, "+14155551234"));
+    assert!(
+        !transfer_accepted(pattern, "+14155551234999"),
+        "a longer number that contains an allowed one"
+    );
+    assert!(
+        !transfer_accepted(pattern, "+9914155551234"),
+        "a prefixed number"
+    );
+    assert!(
+        !transfer_accepted(pattern, "+141555512345"),
+        "one digit more"
+    );
+    // Alternations are anchored as a whole too.
+    let alt = r"\+1415555\d{4}|\+4420\d{8}";
+    assert!(transfer_accepted(alt, "+442071838750"));
+    assert!(!transfer_accepted(alt, "+4420718387501"));
+    assert!(!transfer_accepted(alt, "+14155551234999"));
+    // An operator's own anchors still work.
+    assert!(transfer_accepted(r"^\+1415\d{7}$", "+14155550100"));
+}
+
+fn refused_key(f: impl FnOnce(&mut Config)) -> String {
+    let mut cfg = Config::default();
+    f(&mut cfg);
+    match cfg.validate() {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn timer_settings_that_would_overflow_a_calls_clock_are_refused() {
+    assert_eq!(
+        refused_key(|c| c.limits.max_call_secs = u64::MAX),
+        "limits.max_call_secs"
+    );
+    assert_eq!(
+        refused_key(|c| c.limits.start_timeout_ms = u64::MAX),
+        "limits.start_timeout_ms"
+    );
+    assert_eq!(
+        refused_key(|c| c.limits.silence_timeout_secs = u64::MAX),
+        "limits.silence_timeout_secs"
+    );
+    // The largest accepted values run a call without panicking.
+    let mut cfg = Config::default();
+    cfg.limits.max_call_secs = 86_400;
+    cfg.limits.start_timeout_ms = 600_000;
+    cfg.limits.silence_timeout_secs = 86_400;
+    cfg.validate().expect("bounds are valid");
+    let t0 = Instant::now();
+    let mut call = live(&cfg, t0);
+    call.handle_input(Input::Tick, t0);
+    assert!(call.poll_timeout().is_some_and(|t| t > t0));
+}
