@@ -12,9 +12,24 @@ use clap::{Parser, Subcommand};
     about = "Puts the Gemini Live voice model on the phone"
 )]
 struct Cli {
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line, for log
+    /// shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CALLBRIDGE_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines; ANSI colour only when stdout is a terminal.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter), never colour.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -50,12 +65,17 @@ enum Command {
 }
 
 fn init_logging(default: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text) {
+        // Logs written to a file or a pipe carry no ANSI escape codes.
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 /// `check-model`: the outcome's line on stdout; exit 0 accepted, 1 refused, 2 no verdict or
@@ -81,6 +101,7 @@ async fn check_model(config: Option<&std::path::Path>) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -116,3 +116,57 @@ fn timer_settings_that_would_overflow_a_calls_clock_are_refused() {
     call.handle_input(Input::Tick, t0);
     assert!(call.poll_timeout().is_some_and(|t| t > t0));
 }
+
+/// Runs `serve` until it logs that it listens, and returns its stdout up to that line.
+fn serve_log(format: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("cb-log-{format}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[gemini]\npreflight = false\n[records]\nenabled = false\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        .args(["--log-format", format, "serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .env("GEMINI_API_KEY", "k")
+        .env_remove("CALLBRIDGE_LISTEN")
+        .env_remove("CALLBRIDGE_LOG_FORMAT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut out = String::new();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    for line in reader.lines().take(50) {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.contains("callbridge listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_and_json_logs_are_one_object_per_line() {
+    let text = serve_log("text");
+    assert!(text.contains("callbridge listening"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI escapes in a pipe: {text:?}"
+    );
+    let json = serve_log("json");
+    assert!(json.contains("callbridge listening"), "{json}");
+    for line in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
