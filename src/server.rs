@@ -226,10 +226,19 @@ const CALLER_READ_BUFFER: usize = 4 * 1024;
 /// Outgoing frames are written once this much is buffered, or at the driver's flush.
 const CALLER_WRITE_BUFFER: usize = 16 * 1024;
 
+/// Largest voice-webhook body read (Twilio's are ~1 KiB); larger requests get 413 before
+/// anything is parsed.
+pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
+/// Most form fields a voice webhook may carry (Twilio sends ~20).
+pub const MAX_WEBHOOK_FIELDS: usize = 200;
+
 /// The router.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/twilio/voice", post(voice_webhook))
+        .route(
+            "/twilio/voice",
+            post(voice_webhook).layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
+        )
         .route("/twilio/media", get(media_stream))
         .route("/twilio/whisper/{destination}", post(whisper).get(whisper))
         .route("/healthz", get(healthz))
@@ -333,6 +342,15 @@ async fn voice_webhook(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    // Unauthenticated requests cost nothing: no signature header, no parsing.
+    if state.config.twilio.validate_signatures && !headers.contains_key("x-twilio-signature") {
+        tracing::warn!("voice webhook refused: no X-Twilio-Signature");
+        return (StatusCode::FORBIDDEN, "missing signature\n").into_response();
+    }
+    if body.bytes().filter(|b| *b == b'&').count() >= MAX_WEBHOOK_FIELDS {
+        tracing::warn!("voice webhook refused: too many form fields");
+        return (StatusCode::PAYLOAD_TOO_LARGE, "too many fields\n").into_response();
+    }
     // Twilio signs JSON bodies over the URL alone, with `bodySHA256` in its query string.
     let json_body = uri.query().is_some_and(|q| {
         signature::query_value(&format!("?{q}"), signature::BODY_SHA256_PARAM).is_some()
@@ -355,8 +373,6 @@ async fn voice_webhook(
             .unwrap_or_default()
     };
     let call_sid = field("CallSid");
-    let span = tracing::info_span!("webhook", call_sid = %call_sid);
-    let _enter = span.enter();
     if state.config.twilio.validate_signatures {
         let urls = webhook_urls(&state.config, &uri, &headers);
         let signed_params: &[(String, String)] = if json_body { &[] } else { &form };
@@ -365,6 +381,13 @@ async fn voice_webhook(
             return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
         }
     }
+    // The span opens only once the request is verified (or verification is off), and the
+    // peer's string in it is escaped and bounded: no newline or ANSI escape reaches the log.
+    let span = tracing::info_span!(
+        "webhook",
+        call_sid = %crate::redact::bounded(&call_sid, 64)
+    );
+    let _enter = span.enter();
     if state.shutdown.is_cancelled() || state.calls.len() >= state.config.limits.max_calls {
         // No stream now: answer with the fallback verbs so the caller is not left in silence.
         tracing::warn!(

@@ -213,7 +213,8 @@ fn settings(k: &Knobs) -> CallSettings {
         );
     }
     if k.allow_pattern {
-        s.transfer_allow = Some(regex::Regex::new(r"^\+1415").unwrap());
+        s.transfer_allow =
+            Some(callbridge::config::TransferConfig::compile_allow(r"\+1415\d{7}").unwrap());
     }
     if k.webhook {
         s.webhook_tools.insert("lookup".into());

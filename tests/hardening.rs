@@ -170,3 +170,55 @@ fn logs_to_a_pipe_carry_no_colour_and_json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+mod webhook_limits {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use callbridge::config::{Config, Secret};
+    use callbridge::server::{app, AppState};
+    use tower::ServiceExt;
+
+    fn state() -> std::sync::Arc<AppState> {
+        let mut c = Config::default();
+        c.server.public_url = "https://bridge.example.com".into();
+        c.twilio.auth_token = Secret::new("test-auth-token");
+        c.validate().unwrap();
+        AppState::new(c, None)
+    }
+
+    fn post(body: String, signature: Option<&str>) -> Request<Body> {
+        let mut r = Request::post("/twilio/voice")
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(s) = signature {
+            r = r.header("x-twilio-signature", s);
+        }
+        r.body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_webhook_without_a_signature_is_refused_before_it_is_parsed() {
+        // Not even a valid form: the refusal comes first.
+        let resp = app(state())
+            .oneshot(post("%%%not-a-form".into(), None))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn oversized_or_field_flooded_webhooks_are_refused() {
+        let big = format!("CallSid=CA{}", "a".repeat(100 * 1024));
+        let resp = app(state()).oneshot(post(big, Some("x"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let many = (0..300)
+            .map(|i| format!("f{i}=v"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let resp = app(state()).oneshot(post(many, Some("x"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // A normal-sized request with a wrong signature is still just refused.
+        let form = "CallSid=CAfedcba9876543210fedcba9876543210&From=%2B14155550123".to_string();
+        let resp = app(state()).oneshot(post(form, Some("bad"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+}

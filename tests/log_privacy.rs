@@ -194,7 +194,7 @@ async fn transfer_number() -> CallReport {
         |s| s.scenario(scenario),
         |c| {
             secrets(c);
-            c.transfer.allow_pattern = r"^\+1312555".into();
+            c.transfer.allow_pattern = r"\+1312555\d{4}".into();
         },
     )
     .await;
