@@ -159,3 +159,88 @@ fn invalid_values_name_the_key_and_value() {
         .to_string();
     assert!(err.contains("modle"), "unknown keys are named: {err}");
 }
+
+// ---- operator webhook tools: signing key and transport ---------------------------------------
+
+const ONE_TOOL: &str = r#"
+[[tools.webhooks]]
+name = "lookup_order"
+description = "Look up an order"
+url = "https://ops.example.com/hooks/lookup_order"
+"#;
+
+#[test]
+fn webhook_tools_without_a_signing_secret_are_refused_naming_the_setting() {
+    for env in [&[][..], &[("CALLBRIDGE_TOOLS_SECRET", "")][..]] {
+        let err = load_with(ONE_TOOL, env).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "CALLBRIDGE_TOOLS_SECRET"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("tools.secret") && msg.contains("tools.webhooks"),
+            "{msg}"
+        );
+    }
+    // Whitespace is no key either.
+    assert!(load_with(ONE_TOOL, &[("CALLBRIDGE_TOOLS_SECRET", "  ")]).is_err());
+    let cfg = load_with(ONE_TOOL, &[("CALLBRIDGE_TOOLS_SECRET", "op-secret")]).unwrap();
+    assert_eq!(cfg.tools.secret.expose(), "op-secret");
+    assert!(
+        !format!("{cfg:?}").contains("op-secret"),
+        "the key stays redacted"
+    );
+    // No webhook tools: no key needed.
+    load_with("", &[]).unwrap();
+}
+
+#[test]
+fn plain_http_tool_urls_need_allow_insecure_naming_the_webhook() {
+    let env = [("CALLBRIDGE_TOOLS_SECRET", "op-secret")];
+    let tool = |url: &str, extra: &str| {
+        format!(
+            "[[tools.webhooks]]\nname = \"lookup_order\"\ndescription = \"d\"\nurl = \"{url}\"\n{extra}"
+        )
+    };
+    // No loopback exception: 127.0.0.1, localhost and [::1] over http are refused too.
+    for url in [
+        "http://ops.example.com/hook",
+        "http://127.0.0.1:8080/tools/lookup_order",
+        "http://localhost:8080/hook",
+        "http://[::1]:8080/hook",
+    ] {
+        let err = load_with(&tool(url, ""), &env).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "tools.webhooks[0].url"),
+            "{url}: {msg}"
+        );
+        assert!(
+            msg.contains("lookup_order") && msg.contains("allow_insecure") && msg.contains(url),
+            "{url}: {msg}"
+        );
+        let err = load_with(&tool(url, "allow_insecure = false\n"), &env).unwrap_err();
+        assert!(err.to_string().contains("allow_insecure"), "{err}");
+        let cfg = load_with(&tool(url, "allow_insecure = true\n"), &env)
+            .unwrap_or_else(|e| panic!("{url} with allow_insecure: {e}"));
+        assert!(cfg.tools.webhooks[0].allow_insecure);
+    }
+    // https is always fine, with or without the flag; the default is off.
+    let cfg = load_with(&tool("https://ops.example.com/hook", ""), &env).unwrap();
+    assert!(!cfg.tools.webhooks[0].allow_insecure);
+    load_with(
+        &tool("https://ops.example.com/hook", "allow_insecure = true\n"),
+        &env,
+    )
+    .unwrap();
+    // The second webhook is the one named.
+    let two = format!(
+        "{ONE_TOOL}\n[[tools.webhooks]]\nname = \"hours\"\ndescription = \"d\"\nurl = \"http://10.0.0.5/hours\"\n"
+    );
+    let msg = load_with(&two, &env).unwrap_err().to_string();
+    assert!(
+        msg.contains("tools.webhooks[1].url") && msg.contains("hours"),
+        "{msg}"
+    );
+}

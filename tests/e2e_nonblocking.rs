@@ -68,6 +68,8 @@ async fn a_non_blocking_webhook_result_is_spoken_once_after_the_reply() {
                 description: "Look up an order".into(),
                 parameters: None,
                 url,
+                // The fake operator serves plain http on 127.0.0.1.
+                allow_insecure: true,
                 timeout_ms: 3_000,
                 scheduling: ToolScheduling::WhenIdle,
             }];

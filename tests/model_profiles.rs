@@ -30,6 +30,8 @@ const M25: &str = "gemini-2.5-flash-native-audio-preview-12-2025";
 fn config(model: &str) -> Config {
     let mut cfg = Config::default();
     cfg.gemini.model = model.into();
+    // Webhook tools need a signing key to validate.
+    cfg.tools.secret = callbridge::config::Secret::new("model-profiles-tools-secret");
     cfg.limits.idle_stream_secs = 3_600;
     cfg.limits.end_call_grace_ms = 8_000;
     cfg
@@ -41,6 +43,7 @@ fn webhook(name: &str, scheduling: ToolScheduling) -> WebhookToolConfig {
         description: "Looks up an order".into(),
         parameters: None,
         url: "http://127.0.0.1:9/tool".into(),
+        allow_insecure: true,
         timeout_ms: 1_000,
         scheduling,
     }

@@ -2,11 +2,12 @@
 //! fake operator (`sim::operator`), plus declarations, signatures and the recording fake.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callbridge::call::tools::{
-    check_schemas, declarations, request_body, sign, verify, HttpToolExecutor, RecordingExecutor,
-    ToolCallContext, ToolError, ToolExecutor, MAX_REPLY_BYTES, STATUS_EXCERPT_CHARS,
+    check_schemas, declarations, request_body, sign, verify_webhook_signature, HttpToolExecutor,
+    RecordingExecutor, SignatureError, ToolCallContext, ToolError, ToolExecutor, MAX_REPLY_BYTES,
+    SIGNATURE_TOLERANCE, STATUS_EXCERPT_CHARS,
 };
 use callbridge::config::{Secret, ToolsConfig, WebhookToolConfig};
 use callbridge::sim::operator::{FakeOperator, FakeOperatorHandle};
@@ -21,6 +22,8 @@ fn tool(name: &str, url: String, timeout_ms: u64) -> WebhookToolConfig {
         description: format!("the {name} tool"),
         parameters: None,
         url,
+        // The fake operator serves plain http on 127.0.0.1.
+        allow_insecure: true,
         timeout_ms,
     }
 }
@@ -85,45 +88,244 @@ async fn non_object_reply_is_wrapped_and_empty_2xx_is_an_empty_object() {
     assert_eq!(run(&op, "done", 2_000, json!({})).await, Ok(json!({})));
 }
 
+/// The wall-clock instant `unix_secs` seconds after the epoch.
+fn at(unix_secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix_secs)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The real executor sends `X-Callbridge-Timestamp` (now) and `X-Callbridge-Signature:
+/// v1=<hex>` over `"{timestamp}.{body}"`; the library's verifier accepts exactly that and
+/// nothing keyed, dated or worded differently. (The old scheme sent `sha256=<HMAC of the body>`
+/// and no timestamp.)
 #[tokio::test]
-async fn signature_header_verifies_with_the_secret_only() {
+async fn signature_header_is_v1_over_timestamp_and_body() {
     let op = FakeOperator::builder()
         .secret(SECRET)
         .reply("t", json!({}))
         .spawn()
         .await
         .unwrap();
+    let before = now_secs();
     run(&op, "t", 2_000, json!({"x": 1})).await.unwrap();
+    let after = now_secs();
     let req = &op.requests()[0];
+    assert!(req.signature_valid, "the fake operator accepts it");
+    let ts = req.timestamp.clone().expect("timestamp header sent");
+    let sent: u64 = ts.parse().expect("decimal unix seconds");
+    assert!(
+        (before..=after).contains(&sent),
+        "{before} <= {sent} <= {after}"
+    );
     let header = req.signature.clone().expect("signature header sent");
-    let hex = header.strip_prefix("sha256=").expect("sha256= prefix");
+    let hex = header.strip_prefix("v1=").expect("v1= prefix");
     assert_eq!(hex.len(), 64);
     assert!(hex
         .chars()
         .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
-    assert!(verify(SECRET.as_bytes(), req.raw_body.as_bytes(), &header));
-    assert!(!verify(b"wrong", req.raw_body.as_bytes(), &header));
-    assert!(!verify(
-        SECRET.as_bytes(),
-        format!("{} ", req.raw_body).as_bytes(),
-        &header
-    ));
-    assert!(!verify(SECRET.as_bytes(), req.raw_body.as_bytes(), hex));
-    assert!(!verify(
-        SECRET.as_bytes(),
-        req.raw_body.as_bytes(),
-        "sha256=zz"
-    ));
-    assert_eq!(sign(SECRET.as_bytes(), req.raw_body.as_bytes()), header);
+    let body = req.raw_body.as_bytes();
+    let now = at(sent);
+    let check = |secret: &[u8], ts: &str, sig: &str, body: &[u8]| {
+        verify_webhook_signature(secret, ts, sig, body, now, SIGNATURE_TOLERANCE)
+    };
+    assert_eq!(check(SECRET.as_bytes(), &ts, &header, body), Ok(()));
+    assert_eq!(sign(SECRET.as_bytes(), sent, body), header);
+    assert_eq!(
+        check(b"wrong", &ts, &header, body),
+        Err(SignatureError::Mismatch)
+    );
+    // The timestamp is signed: moving it (even by one second) breaks the signature.
+    assert_eq!(
+        check(SECRET.as_bytes(), &(sent + 1).to_string(), &header, body),
+        Err(SignatureError::Mismatch)
+    );
+    // The old scheme's header (HMAC of the body alone, `sha256=`) is not accepted.
+    let old = {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(body);
+        format!("sha256={}", ::hex::encode(mac.finalize().into_bytes()))
+    };
+    assert_eq!(
+        check(SECRET.as_bytes(), &ts, &old, body),
+        Err(SignatureError::MissingSignature)
+    );
+    assert_eq!(
+        check(SECRET.as_bytes(), &ts, hex, body),
+        Err(SignatureError::MissingSignature),
+        "no version label"
+    );
+    assert_eq!(
+        check(SECRET.as_bytes(), &ts, "v1=zz", body),
+        Err(SignatureError::MissingSignature)
+    );
+    assert_eq!(
+        check(SECRET.as_bytes(), "", &header, body),
+        Err(SignatureError::MissingTimestamp)
+    );
+    assert_eq!(
+        check(SECRET.as_bytes(), &format!("+{ts}"), &header, body),
+        Err(SignatureError::MalformedTimestamp)
+    );
+    // A list: unknown versions are skipped, any matching v1 is enough (key rotation).
+    let other = sign(b"next-key", sent, body);
+    assert_eq!(
+        check(
+            SECRET.as_bytes(),
+            &ts,
+            &format!("v0=abcd, {other}, {header}"),
+            body
+        ),
+        Ok(())
+    );
 }
 
-/// RFC 4231 test case 2, so `sign` is held against an outside reference, not only itself.
+/// Replay protection: the same signed request is accepted while fresh, refused once it is
+/// more than 5 minutes old (or dated more than 5 minutes ahead), and a changed body is refused
+/// even when fresh.
 #[test]
-fn sign_matches_rfc_4231() {
-    assert_eq!(
-        sign(b"Jefe", b"what do ya want for nothing?"),
-        "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+fn verifier_rejects_replayed_stale_and_tampered_requests() {
+    let body = request_body(
+        "lookup_order",
+        "fc-1",
+        &json!({"order_number": "A17"}),
+        &ctx(),
     );
+    let sent = 1_767_225_600;
+    let ts = sent.to_string();
+    let sig = sign(SECRET.as_bytes(), sent, &body);
+    let verify_at = |now: u64, body: &[u8]| {
+        verify_webhook_signature(
+            SECRET.as_bytes(),
+            &ts,
+            &sig,
+            body,
+            at(now),
+            SIGNATURE_TOLERANCE,
+        )
+    };
+    assert_eq!(SIGNATURE_TOLERANCE, Duration::from_secs(300));
+    // Fresh: at once, a little later, at the edge, and with the receiver's clock a bit behind.
+    for now in [sent, sent + 30, sent + 300, sent - 300] {
+        assert_eq!(
+            verify_at(now, &body),
+            Ok(()),
+            "now = sent{:+}",
+            now as i64 - sent as i64
+        );
+    }
+    // Replayed later: refused as stale, although the signature itself is intact.
+    assert_eq!(
+        verify_at(sent + 301, &body),
+        Err(SignatureError::Expired {
+            age_secs: 301,
+            tolerance_secs: 300
+        })
+    );
+    assert!(matches!(
+        verify_at(sent + 86_400, &body),
+        Err(SignatureError::Expired { .. })
+    ));
+    // Dated too far ahead.
+    assert_eq!(
+        verify_at(sent - 301, &body),
+        Err(SignatureError::FromTheFuture {
+            ahead_secs: 301,
+            tolerance_secs: 300
+        })
+    );
+    // Tampered body, fresh timestamp.
+    let mut tampered = body.clone();
+    let pos = tampered.windows(3).position(|w| w == b"A17").unwrap();
+    tampered[pos + 2] = b'8';
+    assert_eq!(verify_at(sent, &tampered), Err(SignatureError::Mismatch));
+    let mut padded = body.clone();
+    padded.push(b' ');
+    assert_eq!(verify_at(sent, &padded), Err(SignatureError::Mismatch));
+    // Re-dating a captured request to look fresh breaks its signature.
+    let now = sent + 3_600;
+    assert_eq!(
+        verify_webhook_signature(
+            SECRET.as_bytes(),
+            &now.to_string(),
+            &sig,
+            &body,
+            at(now),
+            SIGNATURE_TOLERANCE
+        ),
+        Err(SignatureError::Mismatch)
+    );
+}
+
+/// A stale request sent to the fake operator (which checks as a receiver should) gets 401;
+/// the same body signed now passes.
+#[tokio::test]
+async fn fake_operator_refuses_a_replayed_request() {
+    let op = FakeOperator::builder()
+        .secret(SECRET)
+        .reply("t", json!({"ok": true}))
+        .spawn()
+        .await
+        .unwrap();
+    let body = request_body("t", "fc-replay", &json!({}), &ctx());
+    let client = reqwest::Client::new();
+    let post = |ts: u64| {
+        client
+            .post(op.url("t"))
+            .header("Content-Type", "application/json")
+            .header("X-Callbridge-Timestamp", ts.to_string())
+            .header("X-Callbridge-Signature", sign(SECRET.as_bytes(), ts, &body))
+            .body(body.clone())
+            .send()
+    };
+    let stale = post(now_secs() - 600).await.unwrap();
+    assert_eq!(stale.status(), 401);
+    let fresh = post(now_secs()).await.unwrap();
+    assert_eq!(fresh.status(), 200);
+    let reqs = op.requests();
+    assert_eq!(
+        reqs.iter().map(|r| r.signature_valid).collect::<Vec<_>>(),
+        [false, true]
+    );
+}
+
+/// HMAC-SHA256 of `"1767225600." + RFC 4231 test case 2's data` under its key, computed with
+/// Python's `hmac` module, so `sign` is held against an outside reference, not only itself.
+#[test]
+fn sign_matches_an_outside_reference() {
+    assert_eq!(
+        sign(b"Jefe", 1_767_225_600, b"what do ya want for nothing?"),
+        "v1=8bf4bab82972f519c62eab705abd744e0bc4e8a7e292de99189f49e03834693a"
+    );
+}
+
+/// A tool with a plain http:// URL is not called unless it says `allow_insecure` (config
+/// validation refuses it too; this covers a config built in code).
+#[tokio::test]
+async fn plain_http_without_allow_insecure_is_not_called() {
+    let op = FakeOperator::builder()
+        .secret(SECRET)
+        .reply("t", json!({}))
+        .spawn()
+        .await
+        .unwrap();
+    let mut t = tool("t", op.url("t"), 2_000);
+    t.allow_insecure = false;
+    let err = executor()
+        .execute(&t, "fc-1", &json!({}), &ctx())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ToolError::Transport(m) if m.contains("allow_insecure")),
+        "{err:?}"
+    );
+    assert!(op.requests().is_empty(), "nothing was sent");
 }
 
 #[tokio::test]

@@ -2,13 +2,32 @@
 //! and serves over HTTPS.
 //!
 //! When the model calls one, callbridge POSTs `{"tool", "id", "arguments", "call"}` (compact
-//! JSON) to the tool's URL, signed with HMAC-SHA256 over the raw body in
-//! `X-Callbridge-Signature: sha256=<hex>`, and hands the JSON reply back to the model as the
+//! JSON) to the tool's URL, signed (below), and hands the JSON reply back to the model as the
 //! tool response. A timeout, a non-2xx status or a reply that is not JSON becomes a
 //! [`ToolError`], which the model is told about in words it can pass on
 //! ([`ToolError::for_model`]).
 //!
-//! Owns: the request and its signature ([`sign`], [`verify`]), reading the reply, the
+//! # Signature (scheme `v1`)
+//!
+//! Every request carries two headers:
+//!
+//! ```text
+//! X-Callbridge-Timestamp: 1767225600
+//! X-Callbridge-Signature: v1=<lowercase hex HMAC-SHA256(secret, "1767225600." + raw body)>
+//! ```
+//!
+//! The timestamp (Unix seconds when the request was signed) is inside the signed string, so
+//! a captured request cannot be replayed later: a receiver recomputes the HMAC over
+//! `"{timestamp}.{body}"` with the shared secret (`CALLBRIDGE_TOOLS_SECRET`), compares it in
+//! constant time, and refuses a timestamp more than 5 minutes away from its own clock
+//! ([`SIGNATURE_TOLERANCE`]). [`verify_webhook_signature`] does all of that. The signature
+//! header is a comma-separated list of `version=hex` items; a receiver accepts when any `v1`
+//! item matches and ignores versions it does not know (room for key rotation and later
+//! schemes). This replaced the unversioned `sha256=<HMAC of the body>` scheme, which carried no
+//! timestamp.
+//!
+//! Owns: the request and its signature ([`sign`], [`verify_webhook_signature`]), reading the
+//! reply, the
 //! function declarations for the setup message ([`declarations`]), and the effect trait
 //! [`ToolExecutor`] with its real ([`HttpToolExecutor`]) and recording
 //! ([`RecordingExecutor`]) implementations.
@@ -22,7 +41,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -32,8 +51,16 @@ use sha2::Sha256;
 use crate::config::{Secret, WebhookToolConfig};
 use crate::gemini::setup::FunctionDeclaration;
 
-/// Header carrying `sha256=<lowercase hex HMAC-SHA256(secret, raw body)>`.
+/// Header carrying `v1=<lowercase hex HMAC-SHA256(secret, "{timestamp}.{raw body}")>`.
 pub const SIGNATURE_HEADER: &str = "X-Callbridge-Signature";
+/// Header carrying the Unix time (seconds, decimal digits) the request was signed at; it is
+/// part of the signed string.
+pub const TIMESTAMP_HEADER: &str = "X-Callbridge-Timestamp";
+/// The signature scheme's version label in [`SIGNATURE_HEADER`].
+pub const SIGNATURE_VERSION: &str = "v1";
+/// How far a request's timestamp may be from the receiver's clock, either way, for
+/// [`verify_webhook_signature`] to accept it: 5 minutes.
+pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 /// Header carrying the tool's name (also in the body), for routing at the operator.
 pub const TOOL_HEADER: &str = "X-Callbridge-Tool";
 /// Largest reply read from an operator; a longer one is an [`ToolError::InvalidJson`]
@@ -193,13 +220,22 @@ impl HttpToolExecutor {
         args: &Value,
         ctx: &ToolCallContext,
     ) -> Result<Value, ToolError> {
+        if tool.url.starts_with("http://") && !tool.allow_insecure {
+            // Config validation refuses this; a config built in code gets the same answer.
+            return Err(ToolError::Transport(format!(
+                "plain http:// URL for tool {} without allow_insecure",
+                tool.name
+            )));
+        }
         let body = request_body(&tool.name, id, args, ctx);
-        let signature = sign(self.secret.expose().as_bytes(), &body);
+        let timestamp = unix_secs(SystemTime::now());
+        let signature = sign(self.secret.expose().as_bytes(), timestamp, &body);
         let mut resp = self
             .client
             .post(&tool.url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
             .header(SIGNATURE_HEADER, signature)
             .header(TOOL_HEADER, &tool.name)
             .body(body)
@@ -309,27 +345,147 @@ fn transport(e: reqwest::Error, url: &str) -> ToolError {
     ToolError::Transport(text)
 }
 
-/// Computes `sha256=<lowercase hex HMAC-SHA256(secret, body)>`.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac accepts any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Whether `header` (`sha256=<hex>`) is the signature of `body` under `secret`. The
-/// comparison is constant-time.
-pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hex_sig) = header.trim().strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(sig) = hex::decode(hex_sig) else {
-        return false;
-    };
+fn mac_over(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac accepts any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
     mac.update(body);
-    mac.verify_slice(&sig).is_ok()
+    mac
+}
+
+/// The [`SIGNATURE_HEADER`] value for `body` sent at `timestamp` (Unix seconds, sent as
+/// [`TIMESTAMP_HEADER`]): `v1=<lowercase hex HMAC-SHA256(secret, "{timestamp}.{body}")>`.
+pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mac = mac_over(secret, &timestamp.to_string(), body);
+    format!(
+        "{SIGNATURE_VERSION}={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Why [`verify_webhook_signature`] refused a request. The text names no secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// No (or an empty) [`TIMESTAMP_HEADER`].
+    #[error("missing X-Callbridge-Timestamp")]
+    MissingTimestamp,
+    /// The timestamp is not decimal Unix seconds.
+    #[error("malformed X-Callbridge-Timestamp")]
+    MalformedTimestamp,
+    /// Signed longer ago than the tolerance: a late or replayed request.
+    #[error("timestamp is {age_secs} s old (more than {tolerance_secs} s): stale or replayed")]
+    Expired {
+        /// How old the timestamp is.
+        age_secs: u64,
+        /// The tolerance applied.
+        tolerance_secs: u64,
+    },
+    /// Signed further in the future than the tolerance (a clock far off, or a forgery
+    /// made to stay valid).
+    #[error("timestamp is {ahead_secs} s in the future (more than {tolerance_secs} s)")]
+    FromTheFuture {
+        /// How far ahead the timestamp is.
+        ahead_secs: u64,
+        /// The tolerance applied.
+        tolerance_secs: u64,
+    },
+    /// No (or an empty) [`SIGNATURE_HEADER`], or one with no `v1=<hex>` item.
+    #[error("missing or malformed X-Callbridge-Signature (expected v1=<hex>)")]
+    MissingSignature,
+    /// No `v1` item matches the timestamp and body under the secret.
+    #[error("signature does not match")]
+    Mismatch,
+}
+
+/// Checks a webhook tool request as an operator's receiver should: `timestamp` and
+/// `signature` are the raw [`TIMESTAMP_HEADER`] and [`SIGNATURE_HEADER`] values (empty when
+/// absent), `body` the raw request body (before any JSON parsing), `now` the receiver's
+/// clock and `tolerance` how far the timestamp may be from it either way (use
+/// [`SIGNATURE_TOLERANCE`], 5 minutes).
+///
+/// The timestamp must be decimal digits; the signature header is a comma-separated list of
+/// `version=hex` items, and the request is accepted when a `v1` item equals
+/// HMAC-SHA256(secret, `"{timestamp}.{body}"`). Comparison is constant-time.
+///
+/// Within the tolerance a captured request can still be sent again; a receiver whose tools
+/// must not run twice should also remember the body's `id` (unique per function call) for
+/// that long.
+///
+/// ```
+/// use callbridge::call::tools::{sign, verify_webhook_signature, SIGNATURE_TOLERANCE};
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+///
+/// let body = br#"{"tool":"lookup_order","id":"fc-1","arguments":{},"call":{}}"#;
+/// let sent_at = 1_767_225_600;
+/// let signature = sign(b"s3cret", sent_at, body);
+/// let now = UNIX_EPOCH + Duration::from_secs(sent_at + 10);
+/// let ts = sent_at.to_string();
+/// assert!(verify_webhook_signature(b"s3cret", &ts, &signature, body, now, SIGNATURE_TOLERANCE).is_ok());
+/// // The same request ten minutes later is refused.
+/// let later = now + Duration::from_secs(600);
+/// assert!(verify_webhook_signature(b"s3cret", &ts, &signature, body, later, SIGNATURE_TOLERANCE).is_err());
+/// ```
+pub fn verify_webhook_signature(
+    secret: &[u8],
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+    now: SystemTime,
+    tolerance: Duration,
+) -> Result<(), SignatureError> {
+    let timestamp = timestamp.trim();
+    if timestamp.is_empty() {
+        return Err(SignatureError::MissingTimestamp);
+    }
+    // Digits only (no sign, no spaces inside), so the string signed is the number read.
+    if timestamp.len() > 20 || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SignatureError::MalformedTimestamp);
+    }
+    let sent = timestamp
+        .parse::<u64>()
+        .map_err(|_| SignatureError::MalformedTimestamp)?;
+    let now = unix_secs(now);
+    let tolerance_secs = tolerance.as_secs();
+    if now > sent && now - sent > tolerance_secs {
+        return Err(SignatureError::Expired {
+            age_secs: now - sent,
+            tolerance_secs,
+        });
+    }
+    if sent > now && sent - now > tolerance_secs {
+        return Err(SignatureError::FromTheFuture {
+            ahead_secs: sent - now,
+            tolerance_secs,
+        });
+    }
+    let candidates: Vec<Vec<u8>> = signature
+        .split(',')
+        .filter_map(|item| {
+            let (version, hex_sig) = item.trim().split_once('=')?;
+            (version.trim() == SIGNATURE_VERSION)
+                .then(|| hex::decode(hex_sig.trim()).ok())
+                .flatten()
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err(SignatureError::MissingSignature);
+    }
+    let mac = mac_over(secret, timestamp, body);
+    // `verify_slice` compares in constant time; every candidate is checked.
+    let matched = candidates
+        .iter()
+        .fold(false, |ok, sig| mac.clone().verify_slice(sig).is_ok() | ok);
+    if matched {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
 }
 
 /// The schema types Gemini understands (compared case-insensitively; sent as written).

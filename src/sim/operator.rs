@@ -1,7 +1,9 @@
 //! A fake operator webhook server: what an operator runs behind `[[tools.webhooks]]` URLs.
 //!
-//! Serves `POST /tools/{tool}` on 127.0.0.1, checks the `X-Callbridge-Signature` header
-//! (HMAC-SHA256 over the raw body; a bad or missing one gets 401 and a JSON error), records
+//! Serves `POST /tools/{tool}` on 127.0.0.1, checks the signature as an operator's receiver
+//! must (`X-Callbridge-Signature: v1=<hex HMAC-SHA256 of "{X-Callbridge-Timestamp}.{raw
+//! body}">`, the timestamp within 5 minutes of this host's clock; a bad, missing or stale one
+//! gets 401 and a JSON error), records
 //! every request, and answers per tool from a script: a JSON reply, a status and body, a body
 //! that is not JSON, a delay, or no answer at all ("hang"). A request whose client goes away
 //! before the answer is recorded in [`FakeOperatorHandle::cancelled`] (hyper drops the
@@ -13,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -62,9 +64,12 @@ pub struct OperatorRequest {
     pub call: Value,
     /// The raw body.
     pub raw_body: String,
+    /// `X-Callbridge-Timestamp`, if sent.
+    pub timestamp: Option<String>,
     /// `X-Callbridge-Signature`, if sent.
     pub signature: Option<String>,
-    /// Whether the signature matched the body under the fake's secret.
+    /// Whether a `v1` signature matched the timestamp and body under the fake's secret and
+    /// the timestamp was within 5 minutes of now.
     pub signature_valid: bool,
 }
 
@@ -230,18 +235,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn signature_ok(secret: &str, body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex_sig) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+/// Scheme v1, written out here rather than calling `call::tools`: the timestamp is decimal
+/// seconds within 5 minutes of now, and a `v1=` item of the signature header is
+/// HMAC-SHA256(secret, "{timestamp}.{body}").
+fn signature_ok(secret: &str, body: &[u8], timestamp: Option<&str>, header: Option<&str>) -> bool {
+    let (Some(ts), Some(header)) = (timestamp, header) else {
         return false;
     };
-    let Ok(sig) = hex::decode(hex_sig) else {
+    if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Ok(sent) = ts.parse::<u64>() else {
         return false;
     };
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now.abs_diff(sent) > 300 {
         return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok()
+    }
+    header.split(',').any(|item| {
+        let Some(hex_sig) = item.trim().strip_prefix("v1=") else {
+            return false;
+        };
+        let Ok(sig) = hex::decode(hex_sig) else {
+            return false;
+        };
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
+            return false;
+        };
+        mac.update(ts.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    })
 }
 
 /// Records the request as cancelled unless disarmed: hyper dropped the handler future
@@ -271,8 +298,14 @@ async fn handle(
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
     };
+    let timestamp = header("x-callbridge-timestamp");
     let signature = header("x-callbridge-signature");
-    let signature_valid = signature_ok(&inner.secret, &body, signature.as_deref());
+    let signature_valid = signature_ok(
+        &inner.secret,
+        &body,
+        timestamp.as_deref(),
+        signature.as_deref(),
+    );
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let id = parsed
         .get("id")
@@ -288,6 +321,7 @@ async fn handle(
         arguments: arguments.clone(),
         call: parsed.get("call").cloned().unwrap_or(Value::Null),
         raw_body: String::from_utf8_lossy(&body).into_owned(),
+        timestamp,
         signature,
         signature_valid,
     });
