@@ -62,6 +62,9 @@ pub struct CallSettings {
     pub preconnect_frames: usize,
     /// Time allowed for Twilio's `start` after the upgrade.
     pub start_timeout: Duration,
+    /// Longest wait for one write to the caller's socket (the driver ends a call whose peer
+    /// stopped reading as [`CallEnd::CallerUnresponsive`]).
+    pub caller_write_timeout: Duration,
     /// Time allowed from asking for a model connection to `setupComplete`.
     pub setup_timeout: Duration,
     /// Longest call.
@@ -97,7 +100,8 @@ pub struct CallSettings {
     pub history_chars: usize,
     /// Most model sessions per call.
     pub max_sessions: u32,
-    /// goAway handover opens the new connection before closing the old one.
+    /// goAway handover opens the new connection while the old one closes (its `setup` still
+    /// waits for the old connection's close, see [`HANDOVER_DRAIN_MAX`]).
     pub handover_overlap: bool,
     /// No caller media for this long ends the stream.
     pub idle_stream: Duration,
@@ -270,6 +274,7 @@ impl CallSettings {
             mark_interval_frames: (cfg.playout.mark_interval_ms / 20).max(1),
             preconnect_frames: (cfg.limits.preconnect_buffer_ms / 20) as usize,
             start_timeout: Duration::from_millis(cfg.limits.start_timeout_ms),
+            caller_write_timeout: Duration::from_millis(cfg.limits.caller_write_timeout_ms),
             setup_timeout: Duration::from_millis(
                 cfg.gemini.connect_timeout_ms + cfg.gemini.setup_timeout_ms,
             ),
@@ -322,6 +327,9 @@ pub enum Input {
     Caller(CallerEvent),
     /// The caller's socket ended (closed or failed) without `stop`.
     CallerClosed,
+    /// A write to the caller's socket did not complete within `caller_write_timeout`: the
+    /// peer stopped reading.
+    CallerUnresponsive,
     /// The model socket is open; the machine answers with the `setup`.
     ModelConnected,
     /// The model socket could not be opened.
@@ -391,9 +399,16 @@ pub enum Output {
     /// Open the model WebSocket (then feed [`Input::ModelConnected`] or
     /// [`Input::ModelConnectFailed`]).
     ConnectModel,
-    /// Close the current model WebSocket (handover); feed nothing back for it.
+    /// Close the current model WebSocket (close frame 1000, handshake completed in the
+    /// background) and stop reading it; feed nothing back for it.
     CloseModel,
-    /// Open a second model WebSocket while the current one stays open (overlapping handover);
+    /// goAway handover: send the current model WebSocket a close frame (1000 Normal) but keep
+    /// reading it. Its last messages (sent before the server saw our close) come back as
+    /// [`Input::Model`], the end of its close handshake as [`Input::ModelClosed`]. Nothing more
+    /// may be sent on it. The machine stops waiting at its drain deadline with
+    /// [`Output::CloseModel`].
+    DrainModel,
+    /// Open a second model WebSocket while the current one closes (overlapping handover);
     /// feed [`Input::StandbyConnected`] / [`Input::Standby`] / [`Input::StandbyFailed`].
     ConnectStandby,
     /// Send to the standby socket.
@@ -522,6 +537,8 @@ pub enum CallEnd {
     IdleStream,
     /// An operator hung up the call (dashboard or operator API).
     OperatorHungUp,
+    /// The caller's socket stopped taking writes (`limits.caller_write_timeout_ms`).
+    CallerUnresponsive,
 }
 
 impl CallEnd {
@@ -542,6 +559,7 @@ impl CallEnd {
             CallEnd::Shutdown => "shutdown",
             CallEnd::IdleStream => "idle_stream",
             CallEnd::OperatorHungUp => "operator_hung_up",
+            CallEnd::CallerUnresponsive => "caller_unresponsive",
         }
     }
 
@@ -553,6 +571,7 @@ impl CallEnd {
                 | CallEnd::CallerDisconnected
                 | CallEnd::Transferred
                 | CallEnd::ContinuationLost
+                | CallEnd::CallerUnresponsive
         )
     }
 }
@@ -771,6 +790,26 @@ struct Reconnect {
     filler_played: bool,
 }
 
+/// Longest wait for the old connection's close handshake in a goAway handover. The drain
+/// deadline is `min(time left / 2, HANDOVER_DRAIN_MAX)` from the handover: half of what the
+/// goAway left, so it always ends well before the server cuts the connection (the handover
+/// itself keeps a fifth of `timeLeft` in hand), and at most a second, so a peer that never
+/// answers our close frame costs the caller at most that much extra silence. On a healthy
+/// connection the close reply comes after one round trip.
+pub const HANDOVER_DRAIN_MAX: Duration = Duration::from_secs(1);
+
+/// A goAway handover closing the old connection: our close frame (1000) is out and the
+/// connection is still read, so a `sessionResumptionUpdate` that crossed our close frame is
+/// taken (Gemini keeps sending until it sees the close, and everything it sent before comes
+/// ahead of its close reply). The next `setup` waits for the end of the handshake, or `until`.
+#[derive(Debug)]
+struct Closing {
+    /// When the handover started (caller audio is held from here).
+    since: Instant,
+    /// The drain deadline.
+    until: Instant,
+}
+
 /// The caller counts as mid-utterance for this long after the last voiced frame.
 const QUIET_AFTER_VOICE: Duration = Duration::from_millis(600);
 
@@ -838,6 +877,12 @@ pub struct Call {
     reconnect: Option<Reconnect>,
     /// Overlapping handover in progress: since when (caller audio is held meanwhile).
     standby: Option<Instant>,
+    /// The standby socket is open; its `setup` waits for the old connection's close.
+    standby_ready: bool,
+    /// goAway handover: the old connection is closing (and still read).
+    closing: Option<Closing>,
+    /// When the server will cut the current connection (goAway's `timeLeft` from its arrival).
+    go_away_ends: Option<Instant>,
     /// Last media frame from the caller.
     last_media: Instant,
     /// The latest `now` seen (for timer hints in `poll_timeout`).
@@ -941,6 +986,9 @@ impl Call {
             go_away_deadline: None,
             reconnect: None,
             standby: None,
+            standby_ready: false,
+            closing: None,
+            go_away_ends: None,
             last_media: now,
             last_now: now,
             drain_at: None,
@@ -1054,6 +1102,7 @@ impl Call {
             consider(Some(self.last_media + self.settings.idle_stream));
         }
         consider(self.standby.map(|s| s + self.settings.setup_timeout));
+        consider(self.closing.as_ref().map(|c| c.until));
         // Hints (not deadlines the timers act on): only times still ahead, else the driver
         // would wake for nothing in a loop.
         let ahead = |d: Option<Instant>| d.filter(|d| *d > self.last_now);
@@ -1104,6 +1153,7 @@ impl Call {
         match input {
             Input::Caller(ev) => self.on_caller(ev, now),
             Input::CallerClosed => self.end(CallEnd::CallerDisconnected),
+            Input::CallerUnresponsive => self.end(CallEnd::CallerUnresponsive),
             Input::ModelConnected => {
                 if self.phase == Phase::Connecting {
                     let mut setup = self.settings.setup.clone();
@@ -1132,7 +1182,13 @@ impl Call {
                 // A goAway announced the end of this connection; it has ended, so its
                 // handover deadline is void (a recovery, if any, is the handover now).
                 self.go_away_deadline = None;
-                if self.reconnect.is_some() {
+                self.go_away_ends = None;
+                if self.closing.is_some() {
+                    // The handover's close handshake is complete (1000 echoed), or the old
+                    // connection ended otherwise: every handle it sent has been seen.
+                    tracing::debug!(code, "old model connection closed (handover)");
+                    self.finish_closing(now);
+                } else if self.reconnect.is_some() {
                     // The replacement failed before setupComplete; 1007/1008 on a resume
                     // means the handle was refused.
                     self.reconnect_failed(now, &why, matches!(code, 1007 | 1008));
@@ -1163,10 +1219,12 @@ impl Call {
             Input::Resumed(start) => self.on_resumed(start, now),
             Input::StandbyConnected => {
                 if self.standby.is_some() {
-                    let mut setup = self.settings.setup.clone();
-                    setup.resume_handle = self.resume_handle.clone();
-                    self.outputs
-                        .push_back(Output::ToStandby(ModelOut::Setup(Box::new(setup))));
+                    if self.closing.is_some() {
+                        // Connected in parallel; the setup waits for the newest handle.
+                        self.standby_ready = true;
+                    } else {
+                        self.send_standby_setup();
+                    }
                 }
             }
             Input::Standby(ModelEvent::SetupComplete) => {
@@ -1187,6 +1245,12 @@ impl Call {
                             gap_ms,
                         }));
                     self.flush_preconnect();
+                    for m in std::mem::take(&mut self.deferred) {
+                        self.outputs.push_back(Output::ToModel(m));
+                    }
+                    if !self.dtmf.is_empty() && self.dtmf_deadline.is_none() {
+                        self.flush_dtmf();
+                    }
                 }
             }
             Input::Standby(ModelEvent::SessionResumptionUpdate {
@@ -1204,14 +1268,16 @@ impl Call {
             }
             Input::StandbyFailed(why) => {
                 if self.standby.take().is_some() {
+                    self.standby_ready = false;
                     tracing::warn!(
                         why,
-                        "overlapping resume refused; closing the old connection first"
+                        "standby model connection failed; resuming on a new connection"
                     );
-                    if self.phase == Phase::Live {
-                        self.outputs.push_back(Output::CloseModel);
+                    // The old connection is already closing (or closed): once its close is
+                    // complete the conversation resumes close-first.
+                    if self.closing.is_none() && self.phase == Phase::Live {
+                        self.start_reconnect(now, "go_away", true);
                     }
-                    self.start_reconnect(now, "go_away", true);
                 }
             }
             Input::Tick => {}
@@ -1283,8 +1349,8 @@ impl Call {
                         self.preconnect.push_back(b);
                     }
                 }
-                Phase::Live if self.standby.is_some() => {
-                    // Overlapping handover: hold caller audio for the new session.
+                Phase::Live if self.standby.is_some() || self.closing.is_some() => {
+                    // Handover: hold caller audio for the new session.
                     self.note_caller_voice(&frame.payload, now);
                     let cap = self.settings.preconnect_frames.max(1) * FRAME_BYTES;
                     for &b in &frame.payload {
@@ -1385,6 +1451,10 @@ impl Call {
                     self.flush_preconnect();
                     for m in std::mem::take(&mut self.deferred) {
                         self.outputs.push_back(Output::ToModel(m));
+                    }
+                    // Key presses held while no session was live.
+                    if !self.dtmf.is_empty() && self.dtmf_deadline.is_none() {
+                        self.flush_dtmf();
                     }
                     return;
                 }
@@ -1510,7 +1580,14 @@ impl Call {
                 }
             }
             ModelEvent::GoAway { time_left } => {
+                if self.closing.is_some() || self.standby.is_some() {
+                    tracing::debug!("goAway from the connection being replaced ignored");
+                    return;
+                }
                 let left = time_left.unwrap_or(Duration::from_secs(30));
+                self.go_away_ends = now
+                    .checked_add(left)
+                    .or_else(|| now.checked_add(Duration::from_secs(3_600)));
                 // Switch at a quiet moment, and in any case before the end: keep a fifth of
                 // the time left in hand (0.5 s to 5 s; ~5 s of the usual 50-60 s).
                 let margin = (left / 5)
@@ -1741,7 +1818,12 @@ impl Call {
             Ok(v) => json!({ "output": v }),
             Err(e) => json!({ "error": e }),
         };
-        if !self.session_tools.contains(&id) {
+        // A handover is under way: the id belongs to the session being replaced, and the
+        // next one resumes from a handle issued before the call (handles are not resumable
+        // while tools run), so it would not know the id.
+        let replacing =
+            self.closing.is_some() || self.standby.is_some() || self.reconnect.is_some();
+        if !self.session_tools.contains(&id) || replacing {
             // Issued by an earlier model session (before a handover): the new session does
             // not know the id, so the result goes in as context instead of being dropped.
             let note = format!("[Result of your earlier {name} call: {body}]");
@@ -1751,7 +1833,7 @@ impl Call {
                 .push_back(Output::Event(CallEvent::ToolResult { id, name, ok }));
             return;
         }
-        if self.phase != Phase::Live {
+        if !self.model_writable() {
             self.deferred
                 .push(ModelOut::ToolResponse(vec![FunctionResponse {
                     id: id.clone(),
@@ -1828,7 +1910,7 @@ impl Call {
         tracing::warn!(reason, "model turn ended without a usable reply; retrying");
         self.outputs
             .push_back(Output::Event(CallEvent::OddTurnEnd { reason }));
-        if self.retried || self.phase != Phase::Live {
+        if self.retried || !self.model_writable() {
             return;
         }
         self.retried = true;
@@ -1892,11 +1974,11 @@ impl Call {
                 });
             }
             Some(AfterHeard::HangUp) => {
-                self.outputs.push_back(Output::ToModel(ModelOut::Text(
+                self.send_to_model(ModelOut::Text(
                     "[The caller interrupted your goodbye, so the call is still connected. If they \
                      need more help, help them; otherwise say goodbye and call end_call again.]"
                         .into(),
-                )));
+                ));
             }
             None => {}
         }
@@ -2238,7 +2320,7 @@ impl Call {
 
     fn flush_dtmf(&mut self) {
         self.dtmf_deadline = None;
-        if self.dtmf.is_empty() || self.phase != Phase::Live {
+        if self.dtmf.is_empty() || !self.model_writable() {
             return;
         }
         let digits = std::mem::take(&mut self.dtmf);
@@ -2386,9 +2468,15 @@ impl Call {
         }
     }
 
+    /// Whether a message for the model can go out now: a session is live and not being
+    /// replaced (nothing may follow our close frame on the old connection).
+    fn model_writable(&self) -> bool {
+        self.phase == Phase::Live && self.closing.is_none() && self.standby.is_none()
+    }
+
     /// Sends to the model now, or after the next `setupComplete` while no session is live.
     fn send_to_model(&mut self, m: ModelOut) {
-        if self.phase == Phase::Live {
+        if self.model_writable() {
             self.outputs.push_back(Output::ToModel(m));
         } else {
             self.deferred.push(m);
@@ -2454,11 +2542,26 @@ impl Call {
 
     /// goAway handover at a quiet moment, and reconnection timers.
     fn check_session(&mut self, now: Instant) {
+        if let Some(c) = &self.closing {
+            if now < c.until {
+                return;
+            }
+            tracing::warn!(
+                "old model connection did not finish its close in time; resuming with the newest handle seen"
+            );
+            self.outputs.push_back(Output::CloseModel);
+            self.finish_closing(now);
+            if self.phase == Phase::Ended {
+                return;
+            }
+        }
         if let Some(since) = self.standby {
             if now >= since + self.settings.setup_timeout {
                 self.standby = None;
-                tracing::warn!("standby connection not ready in time; closing the old one first");
-                self.outputs.push_back(Output::CloseModel);
+                self.standby_ready = false;
+                tracing::warn!(
+                    "standby connection not ready in time; resuming on a new connection"
+                );
                 self.start_reconnect(now, "go_away", true);
                 return;
             }
@@ -2487,14 +2590,14 @@ impl Call {
                         ));
                         return;
                     }
+                    // The new connection's TCP/TLS/WebSocket handshake runs in parallel
+                    // with the old one's close; only its `setup` waits.
                     self.sessions_opened += 1;
                     self.standby = Some(now);
-                    self.finish_generation();
+                    self.standby_ready = false;
                     self.outputs.push_back(Output::ConnectStandby);
-                } else {
-                    self.outputs.push_back(Output::CloseModel);
-                    self.start_reconnect(now, "go_away", true);
                 }
+                self.begin_closing(now);
                 return;
             }
         }
@@ -2515,6 +2618,44 @@ impl Call {
         }
     }
 
+    /// goAway handover: close the old connection with 1000 but keep reading it until its
+    /// close handshake completes or the drain deadline (see [`HANDOVER_DRAIN_MAX`]).
+    fn begin_closing(&mut self, now: Instant) {
+        let drain = self.go_away_ends.take().map_or(HANDOVER_DRAIN_MAX, |end| {
+            (end.saturating_duration_since(now) / 2).min(HANDOVER_DRAIN_MAX)
+        });
+        self.closing = Some(Closing {
+            since: now,
+            until: now + drain,
+        });
+        self.outputs.push_back(Output::DrainModel);
+    }
+
+    /// The old connection's close is complete (or its drain deadline passed): the newest
+    /// handle it sent is known, so the new connection may send its `setup`.
+    fn finish_closing(&mut self, now: Instant) {
+        let Some(c) = self.closing.take() else { return };
+        if self.standby.is_some() {
+            // Overlap: the old session's last turn ends here; the standby resumes it.
+            self.finish_generation();
+            if std::mem::take(&mut self.standby_ready) {
+                self.send_standby_setup();
+            }
+        } else {
+            self.start_reconnect(now, "go_away", true);
+            if let Some(r) = &mut self.reconnect {
+                r.since = c.since;
+            }
+        }
+    }
+
+    fn send_standby_setup(&mut self) {
+        let mut setup = self.settings.setup.clone();
+        setup.resume_handle = self.resume_handle.clone();
+        self.outputs
+            .push_back(Output::ToStandby(ModelOut::Setup(Box::new(setup))));
+    }
+
     fn open_session(&mut self, now: Instant) {
         if self.sessions_opened >= self.settings.max_sessions {
             self.end(CallEnd::ModelLost(format!(
@@ -2533,6 +2674,7 @@ impl Call {
     fn start_reconnect(&mut self, now: Instant, reason: &'static str, resume: bool) {
         // The connection a goAway was about is gone: this reconnection replaces the handover.
         self.go_away_deadline = None;
+        self.go_away_ends = None;
         self.reconnect = Some(Reconnect {
             reason,
             failures: 0,
@@ -3691,6 +3833,7 @@ mod tests {
                     description: "Look up an order".into(),
                     parameters: None,
                     url: "http://127.0.0.1:1/x".into(),
+                    allow_insecure: true,
                     timeout_ms: 1000,
                 })
             }),
@@ -3842,17 +3985,213 @@ mod tests {
         assert!(buffered < 10, "buffered {buffered}");
     }
 
+    fn handle(h: &str) -> Input {
+        Input::Model(ModelEvent::SessionResumptionUpdate {
+            new_handle: Some(h.into()),
+            resumable: true,
+        })
+    }
+
+    fn setup_handle(o: &Output) -> Option<Option<&str>> {
+        match o {
+            Output::ToModel(ModelOut::Setup(p)) | Output::ToStandby(ModelOut::Setup(p)) => {
+                Some(p.resume_handle.as_deref())
+            }
+            _ => None,
+        }
+    }
+
+    fn closed(code: u16) -> Input {
+        Input::ModelClosed {
+            code,
+            reason: String::new(),
+        }
+    }
+
     #[test]
-    fn overlap_handover_falls_back_to_close_first_when_refused() {
+    fn close_first_handover_drains_the_old_connection_and_resumes_with_the_newest_handle() {
         let t0 = Instant::now();
-        let mut call = live_with(settings_with(|c| c.session.handover = "overlap".into()), t0);
+        let ms = Duration::from_millis;
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(handle("h1"), t0);
         call.handle_input(
-            Input::Model(ModelEvent::SessionResumptionUpdate {
-                new_handle: Some("h1".into()),
-                resumable: true,
+            Input::Model(ModelEvent::GoAway {
+                time_left: Some(Duration::from_secs(50)),
             }),
             t0,
         );
+        let outs = drain(&mut call);
+        // Quiet: the handover starts at once, with a close frame on the old connection; the
+        // new one is not opened before the old one's close is complete (close-first).
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::DrainModel)),
+            "{outs:?}"
+        );
+        assert!(!outs
+            .iter()
+            .any(|o| matches!(o, Output::ConnectModel | Output::CloseModel)));
+        // The drain deadline: min(50 s / 2, 1 s).
+        assert_eq!(call.poll_timeout(), Some(t0 + HANDOVER_DRAIN_MAX));
+        // Caller audio meanwhile is held, not written after the close frame.
+        call.handle_input(Input::Caller(media(5)), t0 + ms(1));
+        assert!(!drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::ToModel(_))));
+        // A handle that crossed our close frame, then a second goAway copy: the handle is
+        // taken, the goAway ignored.
+        call.handle_input(handle("h2"), t0 + ms(2));
+        call.handle_input(
+            Input::Model(ModelEvent::GoAway {
+                time_left: Some(Duration::from_secs(49)),
+            }),
+            t0 + ms(2),
+        );
+        call.handle_input(
+            Input::Model(ModelEvent::SessionResumptionUpdate {
+                new_handle: None,
+                resumable: false,
+            }),
+            t0 + ms(2),
+        );
+        assert_eq!(call.resume_handle(), Some("h2"));
+        assert!(!drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::DrainModel | Output::ConnectModel)));
+        // The close reply completes the handshake: now the new connection is opened.
+        call.handle_input(closed(1000), t0 + ms(3));
+        let outs = drain(&mut call);
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::ConnectModel)),
+            "{outs:?}"
+        );
+        call.handle_input(Input::ModelConnected, t0 + ms(10));
+        let outs = drain(&mut call);
+        assert_eq!(setup_handle(&outs[0]), Some(Some("h2")), "{outs:?}");
+        call.handle_input(Input::Model(ModelEvent::SetupComplete), t0 + ms(40));
+        let outs = drain(&mut call);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Event(CallEvent::Reconnected {
+                reason: "go_away",
+                resumed: true,
+                gap_ms: 40,
+            })
+        )));
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::ToModel(ModelOut::Audio(_)))),
+            "held caller audio delivered to the new session"
+        );
+    }
+
+    #[test]
+    fn handover_drain_deadline_is_bounded_by_half_the_time_left() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|_| {}), t0);
+        call.handle_input(handle("h1"), t0);
+        // 1 s left: the handover keeps 0.5 s in hand, so it starts at once (quiet) and the
+        // drain may take at most half of the second left.
+        call.handle_input(
+            Input::Model(ModelEvent::GoAway {
+                time_left: Some(Duration::from_secs(1)),
+            }),
+            t0,
+        );
+        assert!(drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::DrainModel)));
+        let until = t0 + Duration::from_millis(500);
+        assert_eq!(call.poll_timeout(), Some(until));
+        call.handle_input(Input::Tick, until - Duration::from_millis(1));
+        assert!(drain(&mut call).is_empty());
+        // The server never answers our close frame: at the deadline the old socket is given
+        // up and the newest handle seen is used.
+        call.handle_input(handle("h2"), until - Duration::from_millis(1));
+        call.handle_input(Input::Tick, until);
+        let outs = drain(&mut call);
+        let close = outs.iter().position(|o| matches!(o, Output::CloseModel));
+        let connect = outs.iter().position(|o| matches!(o, Output::ConnectModel));
+        assert!(
+            matches!((close, connect), (Some(a), Some(b)) if a < b),
+            "{outs:?}"
+        );
+        call.handle_input(Input::ModelConnected, until);
+        assert_eq!(setup_handle(&drain(&mut call)[0]), Some(Some("h2")));
+        // A late close of the old connection (already given up) does not count as a failure
+        // of the new one: the driver no longer reads it, so nothing more arrives.
+        assert!(call.poll_timeout().is_some());
+    }
+
+    #[test]
+    fn handover_drain_plays_the_old_connections_last_audio_and_defers_tool_results() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut call = live_with(
+            settings_with(|c| {
+                c.tools.webhooks.push(crate::config::WebhookToolConfig {
+                    scheduling: Default::default(),
+                    name: "lookup".into(),
+                    description: "Look something up".into(),
+                    parameters: None,
+                    url: "http://127.0.0.1:1/x".into(),
+                    allow_insecure: true,
+                    timeout_ms: 1000,
+                })
+            }),
+            t0,
+        );
+        call.handle_input(handle("h1"), t0);
+        call.handle_input(
+            Input::Model(ModelEvent::GoAway {
+                time_left: Some(Duration::from_secs(50)),
+            }),
+            t0,
+        );
+        drain(&mut call);
+        // The old connection still delivers a turn (it had not seen our close yet): its audio
+        // is played, nothing is sent back on it.
+        call.handle_input(Input::Model(ModelEvent::Audio(vec![0; 4_800])), t0 + ms(1));
+        call.handle_input(Input::Model(ModelEvent::TurnComplete), t0 + ms(1));
+        call.handle_input(Input::Tick, t0 + ms(2));
+        let outs = drain(&mut call);
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::ToCaller(CallerOut::Media(_)))),
+            "{outs:?}"
+        );
+        assert!(!outs.iter().any(|o| matches!(o, Output::ToModel(_))));
+        // A tool result for a call of the old session goes to the new session as context.
+        call.handle_input(tool_call_with("t-old", "lookup", json!({})), t0 + ms(2));
+        call.handle_input(
+            Input::ToolDone {
+                id: "t-old".into(),
+                result: Ok(json!({"balance": 42})),
+            },
+            t0 + ms(3),
+        );
+        assert!(!drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::ToModel(_))));
+        call.handle_input(closed(1000), t0 + ms(4));
+        call.handle_input(Input::ModelConnected, t0 + ms(5));
+        call.handle_input(Input::Model(ModelEvent::SetupComplete), t0 + ms(6));
+        let outs = drain(&mut call);
+        assert!(!outs
+            .iter()
+            .any(|o| matches!(o, Output::ToModel(ModelOut::ToolResponse(_)))));
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::ToModel(m) if format!("{m:?}").contains("42"))),
+            "{outs:?}"
+        );
+    }
+
+    #[test]
+    fn overlap_handover_connects_in_parallel_and_sends_setup_after_the_old_close() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut call = live_with(settings_with(|c| c.session.handover = "overlap".into()), t0);
+        call.handle_input(handle("h1"), t0);
         call.handle_input(
             Input::Model(ModelEvent::GoAway {
                 time_left: Some(Duration::from_secs(50)),
@@ -3861,34 +4200,32 @@ mod tests {
         );
         let outs = drain(&mut call);
         assert!(
-            outs.iter().any(|o| matches!(o, Output::ConnectStandby)),
-            "quiet: handover at once"
+            outs.iter().any(|o| matches!(o, Output::ConnectStandby))
+                && outs.iter().any(|o| matches!(o, Output::DrainModel)),
+            "quiet: handover at once, connect and close in parallel: {outs:?}"
         );
-        // Caller audio during the overlap is held, not sent to the old session.
+        // Caller audio during the handover is held, not sent to the old session.
         call.handle_input(Input::Caller(media(5)), t0);
         assert!(!drain(&mut call)
             .iter()
             .any(|o| matches!(o, Output::ToModel(ModelOut::Audio(_)))));
-        call.handle_input(Input::StandbyConnected, t0);
+        // The new socket is open first: its setup waits for the newest handle.
+        call.handle_input(Input::StandbyConnected, t0 + ms(1));
+        assert!(drain(&mut call).iter().all(|o| setup_handle(o).is_none()));
+        call.handle_input(handle("h2"), t0 + ms(2));
+        call.handle_input(closed(1000), t0 + ms(3));
         let outs = drain(&mut call);
-        assert!(
-            matches!(&outs[0], Output::ToStandby(ModelOut::Setup(p)) if p.resume_handle.as_deref() == Some("h1"))
+        assert_eq!(
+            outs.iter().find_map(setup_handle),
+            Some(Some("h2")),
+            "{outs:?}"
         );
-        // The server refuses a resume while the old socket is open: close first, then resume.
-        call.handle_input(Input::StandbyFailed("closed: code 1007".into()), t0);
+        assert!(outs
+            .iter()
+            .any(|o| matches!(o, Output::ToStandby(ModelOut::Setup(_)))));
+        call.handle_input(Input::Standby(ModelEvent::SetupComplete), t0 + ms(40));
         let outs = drain(&mut call);
-        assert!(matches!(outs[0], Output::CloseModel), "{outs:?}");
-        assert!(outs.iter().any(|o| matches!(o, Output::ConnectModel)));
-        call.handle_input(Input::ModelConnected, t0);
-        let outs = drain(&mut call);
-        assert!(
-            matches!(&outs[0], Output::ToModel(ModelOut::Setup(p)) if p.resume_handle.as_deref() == Some("h1"))
-        );
-        call.handle_input(
-            Input::Model(ModelEvent::SetupComplete),
-            t0 + Duration::from_millis(40),
-        );
-        let outs = drain(&mut call);
+        assert!(matches!(outs[0], Output::PromoteStandby), "{outs:?}");
         assert!(outs.iter().any(|o| matches!(
             o,
             Output::Event(CallEvent::Reconnected {
@@ -3908,6 +4245,44 @@ mod tests {
             audio >= 600,
             "held caller audio delivered to the new session: {audio}"
         );
+    }
+
+    #[test]
+    fn overlap_handover_falls_back_to_a_new_connection_when_the_standby_fails() {
+        let t0 = Instant::now();
+        let mut call = live_with(settings_with(|c| c.session.handover = "overlap".into()), t0);
+        call.handle_input(handle("h1"), t0);
+        call.handle_input(
+            Input::Model(ModelEvent::GoAway {
+                time_left: Some(Duration::from_secs(50)),
+            }),
+            t0,
+        );
+        drain(&mut call);
+        // The standby fails while the old connection is still closing: nothing yet.
+        call.handle_input(Input::StandbyFailed("closed: code 1007".into()), t0);
+        assert!(!drain(&mut call)
+            .iter()
+            .any(|o| matches!(o, Output::ConnectModel)));
+        // Once the old one is closed, resume close-first.
+        call.handle_input(closed(1000), t0);
+        let outs = drain(&mut call);
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::ConnectModel)),
+            "{outs:?}"
+        );
+        call.handle_input(Input::ModelConnected, t0);
+        let outs = drain(&mut call);
+        assert_eq!(setup_handle(&outs[0]), Some(Some("h1")));
+        call.handle_input(Input::Model(ModelEvent::SetupComplete), t0);
+        assert!(drain(&mut call).iter().any(|o| matches!(
+            o,
+            Output::Event(CallEvent::Reconnected {
+                reason: "go_away",
+                resumed: true,
+                ..
+            })
+        )));
     }
 
     #[test]

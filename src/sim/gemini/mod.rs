@@ -98,6 +98,8 @@ pub(crate) struct SimConfig {
     pub(crate) go_away_lead: Duration,
     pub(crate) go_away_close_code: u16,
     pub(crate) go_away_close_reason: String,
+    /// After goAway, one fresh resumable handle this much later on the same connection.
+    pub(crate) handle_after_go_away: Option<Duration>,
     pub(crate) binary_frames: bool,
     pub(crate) chunk_ms: u32,
     pub(crate) pace: f64,
@@ -167,6 +169,7 @@ impl GeminiSim {
                 go_away_lead: Duration::from_secs(60),
                 go_away_close_code: 1011,
                 go_away_close_reason: proto::REASON_DEADLINE.to_string(),
+                handle_after_go_away: None,
                 binary_frames: true,
                 chunk_ms: 40,
                 pace: 3.0,
@@ -220,6 +223,17 @@ impl GeminiSimBuilder {
     /// How long before the end of the lifetime `goAway` is sent (default 60 s).
     pub fn go_away_lead(mut self, lead: Duration) -> Self {
         self.config.go_away_lead = lead;
+        self
+    }
+
+    /// After `goAway`, send one more `sessionResumptionUpdate` (a fresh resumable handle)
+    /// `delay` later on the same connection (default: none). The real service keeps sending
+    /// on a connection after `goAway` until the client closes it or `timeLeft` runs out, so an
+    /// update can cross the client's close frame; with `Duration::ZERO` it follows the goAway
+    /// in the same burst, ahead of anything the client sends in reaction to the goAway.
+    /// Needs `setup.sessionResumption`.
+    pub fn handle_after_go_away(mut self, delay: Duration) -> Self {
+        self.config.handle_after_go_away = Some(delay);
         self
     }
 

@@ -136,6 +136,9 @@ pub struct ConnectionRecord {
     pub user_turns: Vec<UserTurn>,
     /// Resumption handle the client presented in setup, if any.
     pub resumed_from: Option<String>,
+    /// Resumable handles this connection sent (`sessionResumptionUpdate.newHandle`), in order:
+    /// the last one is the newest the client can have seen.
+    pub handles_issued: Vec<String>,
     /// How the connection ended (`None` while open).
     pub close: Option<CloseRecord>,
 }

@@ -383,6 +383,8 @@ pub(crate) struct Session {
     prompt_text_chars: usize,
     faults_apply: bool,
     go_away_at: Option<Instant>,
+    /// A fresh handle due after the goAway (`handle_after_go_away`).
+    late_handle_at: Option<Instant>,
     close_at: Instant,
     fault_at: Option<(Instant, FaultAction)>,
     turn_fault_at: Option<(Instant, FaultAction)>,
@@ -446,6 +448,7 @@ impl Session {
             prompt_text_chars: 0,
             faults_apply,
             go_away_at,
+            late_handle_at: None,
             close_at,
             fault_at,
             turn_fault_at: None,
@@ -481,6 +484,7 @@ impl Session {
         // goAway waits for setupComplete (it must not be the first server message).
         if matches!(self.phase, Phase::Live) {
             consider(self.go_away_at);
+            consider(self.late_handle_at);
         }
         consider(self.fault_at.as_ref().map(|f| f.0));
         consider(self.turn_fault_at.as_ref().map(|f| f.0));
@@ -523,6 +527,17 @@ impl Session {
             let left =
                 lead.min(self.close_at.saturating_duration_since(now) + Duration::from_millis(50));
             self.send(json!({"goAway": {"timeLeft": duration_string(left)}}));
+            // The connection stays fully alive after goAway (it ends when the client closes
+            // it or at `close_at`); optionally with one more handle soon after.
+            match self.shared.config.handle_after_go_away {
+                Some(d) if d.is_zero() && self.settings.resumption => self.send_handle(now),
+                Some(d) if self.settings.resumption => self.late_handle_at = Some(now + d),
+                _ => {}
+            }
+        }
+        if self.late_handle_at.is_some_and(|t| now >= t) && matches!(self.phase, Phase::Live) {
+            self.late_handle_at = None;
+            self.send_handle(now);
         }
         if self.fault_at.as_ref().is_some_and(|f| now >= f.0) {
             if let Some((_, action)) = self.fault_at.take() {
@@ -1370,6 +1385,7 @@ impl Session {
 
     fn send_handle(&mut self, now: Instant) {
         let handle = self.shared.store.issue(self.pos, self.index, now);
+        self.record(|r| r.handles_issued.push(handle.clone()));
         self.send(json!({"sessionResumptionUpdate": {"newHandle": handle, "resumable": true}}));
     }
 
