@@ -644,7 +644,7 @@ async fn a_browser_phone_call_runs_through_the_call_driver() {
         .any(|l| l.speaker == "caller" && l.text == HELLO));
     assert!(record.turns >= 2);
     until("the call to leave the registry", 5, || {
-        h.state.calls.is_empty().then_some(())
+        (h.state.admission.live() == 0).then_some(())
     })
     .await;
     // Nothing secret or personal at INFO: no ticket, stream token, operator token or words.
@@ -672,7 +672,7 @@ async fn browser_calls_count_against_the_call_limit_and_can_be_hung_up() {
     assert_eq!(bad.closed, Some(1008));
     assert_eq!(h.sim.record().connections.len(), 0, "no model session");
     until("the refused call to leave the registry", 5, || {
-        h.state.calls.is_empty().then_some(())
+        (h.state.admission.live() == 0).then_some(())
     })
     .await;
 
@@ -680,7 +680,7 @@ async fn browser_calls_count_against_the_call_limit_and_can_be_hung_up() {
     let call_sid = t["call_sid"].as_str().unwrap().to_string();
     let mut leg = BrowserLeg::start(connect(&h, &t).await.unwrap(), &t, &call_sid).await;
     leg.talk(&[], 1_000).await;
-    assert_eq!(h.state.calls.len(), 1);
+    assert_eq!(h.state.admission.live(), 1);
     // At the limit: no new ticket, and the phone webhook answers with the fallback.
     let (status, body) = call(&h, "POST", "/api/phone", None).await;
     assert_eq!(status, 503, "{body}");
@@ -699,7 +699,7 @@ async fn browser_calls_count_against_the_call_limit_and_can_be_hung_up() {
     let record = until("the record", 5, || h.state.journal.recent_call(&id)).await;
     assert_eq!(record.end_reason.as_deref(), Some("operator_hung_up"));
     until("the call to leave the registry", 5, || {
-        h.state.calls.is_empty().then_some(())
+        (h.state.admission.live() == 0).then_some(())
     })
     .await;
     assert_eq!(call(&h, "POST", "/api/phone", None).await.0, 200);
@@ -822,4 +822,135 @@ async fn a_failing_store_falls_back_to_the_calls_in_memory() {
     assert_eq!(body["records"], json!([]));
     let (status, body) = call(&h, "GET", "/api/calls/0123456789abcdef", None).await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// Hardening issue 13, point 6: the recording download is `<recording.dir>/<id>.wav`, rebuilt
+/// from the configuration and a well-formed call id; the path a stored record names is never
+/// opened (a tampered or foreign record cannot point it at another file).
+#[tokio::test]
+async fn a_recording_is_served_from_the_recording_dir_never_from_the_stored_path() {
+    use callbridge::ops::journal::CallRecord;
+    use callbridge::ops::{store, CallSource, RecordStore};
+    let dir = std::env::temp_dir().join(format!("callbridge-api-rec-{:x}", rand::random::<u64>()));
+    let rec_dir = dir.join("recordings");
+    std::fs::create_dir_all(&rec_dir).unwrap();
+    // A file outside recording.dir that a record points at.
+    let outside = dir.join("outside.wav");
+    std::fs::write(&outside, b"OUTSIDE-THE-RECORDING-DIR").unwrap();
+
+    let records = callbridge::config::RecordsConfig {
+        sqlite_path: dir.join("records.db").display().to_string(),
+        ..Default::default()
+    };
+    let db = store::open(&records).await.expect("SQLite store");
+    let ended = |id: &str, recording: Option<&str>| {
+        let mut r = CallRecord::new(id, CallSource::Phone, std::time::SystemTime::now());
+        r.ended_at_ms = Some(r.started_at_ms + 1_000);
+        r.end_reason = Some("caller_hung_up".into());
+        r.recording = recording.map(str::to_string);
+        r
+    };
+    let passwd = "00000000000000a1"; // names /etc/passwd; no file of its own
+    let elsewhere = "00000000000000a2"; // names a file outside the dir; has its real one
+    let traversal = "00000000000000a3"; // names a relative path climbing out of the dir
+    let linked = "00000000000000a4"; // its file in the dir is a symlink to the outside file
+    let unrecorded = "00000000000000a5"; // has a file in the dir but was not recorded
+    let outside_path = outside.display().to_string();
+    db.write(&[
+        ended(passwd, Some("/etc/passwd")),
+        ended(elsewhere, Some(&outside_path)),
+        ended(traversal, Some("../../../../../../etc/passwd")),
+        ended(linked, Some(&outside_path)),
+        ended(unrecorded, None),
+    ])
+    .await
+    .expect("records written");
+    let real = b"RIFF-the-real-recording-of-a2".to_vec();
+    std::fs::write(rec_dir.join(format!("{elsewhere}.wav")), &real).unwrap();
+    std::fs::write(rec_dir.join(format!("{unrecorded}.wav")), b"never served").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&outside, rec_dir.join(format!("{linked}.wav"))).unwrap();
+
+    let (tx, rx) = store::channel();
+    let _writer = store::spawn_writer(db.clone(), rx);
+    let read: Arc<dyn RecordStore> = Arc::new(db.clone());
+    let rec = rec_dir.display().to_string();
+    let h = common::harness_with_store(
+        |s| s.scenario(scenario()),
+        move |c| {
+            c.operator.token = Secret::new(TOKEN);
+            c.recording.enabled = true;
+            c.recording.dir = rec;
+        },
+        Some((read, tx)),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let download = |id: &str| {
+        client
+            .get(url(&h, &format!("/api/calls/{id}/recording")))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+
+    // The real recording, from recording.dir, although the record names another file.
+    let resp = download(elsewhere).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "audio/wav");
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), real);
+
+    // Records naming /etc/passwd or a climbing path: their own (absent) file, 404.
+    for id in [passwd, traversal] {
+        let resp = download(id).await.unwrap();
+        assert_eq!(resp.status(), 404, "{id}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("missing"), "{id}: {body}");
+        assert!(!body.contains("root:"), "{id}: {body}");
+    }
+    // A symlink in the dir is not followed.
+    #[cfg(unix)]
+    {
+        let resp = download(linked).await.unwrap();
+        assert_eq!(resp.status(), 404);
+        assert!(!resp.text().await.unwrap().contains("OUTSIDE"));
+    }
+    // A call that was not recorded: 404 even with a file of its name in the dir.
+    let (status, body) = call(
+        &h,
+        "GET",
+        &format!("/api/calls/{unrecorded}/recording"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not recorded"));
+
+    // Ids that are not call ids never reach the file system: 400.
+    for id in [
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "..",
+        "00000000000000A2",
+        "00000000000000a2.wav",
+        "00000000000000a",
+        "00000000000000a2%00",
+        "%2Fetc%2Fpasswd",
+    ] {
+        let resp = download(id).await.unwrap();
+        assert!(
+            resp.status() == 400 || resp.status() == 404,
+            "{id}: {}",
+            resp.status()
+        );
+        let body = resp.text().await.unwrap();
+        assert!(
+            !body.contains("root:") && !body.contains("RIFF"),
+            "{id}: {body}"
+        );
+    }
+    for id in ["00000000000000A2", "00000000000000a", "0000000000000_a2"] {
+        let (status, _) = call(&h, "GET", &format!("/api/calls/{id}/recording"), None).await;
+        assert_eq!(status, 400, "{id}");
+    }
+    db.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

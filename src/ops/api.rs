@@ -247,6 +247,41 @@ async fn require_operator(State(api): State<Api>, req: Request, next: Next) -> R
     resp
 }
 
+/// The gate of `GET /metrics` when `metrics.require_token` is on: `None` lets the request
+/// through (also when the setting is off); otherwise the 401 to answer. Same check as the
+/// operator API (`Authorization: Bearer <CALLBRIDGE_OPERATOR_TOKEN>`, constant time); with
+/// no token configured nothing is let through (start-up refuses that configuration anyway).
+pub fn metrics_refusal(config: &crate::config::Config, headers: &HeaderMap) -> Option<Response> {
+    if !config.metrics.require_token {
+        return None;
+    }
+    let expected = config.operator.token.expose();
+    let given = bearer(headers);
+    if !expected.is_empty() && given.is_some_and(|g| token_matches(g, expected)) {
+        return None;
+    }
+    tracing::warn!(
+        reason = if given.is_some() {
+            "wrong bearer token"
+        } else {
+            "no bearer token"
+        },
+        "metrics request refused"
+    );
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong operator token (Authorization: Bearer <token>)\n",
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Bearer realm="callbridge metrics""#),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(r)
+}
+
 /// The call id from the path, when it looks like one (16 hex digits; anything short and plain
 /// is accepted and then simply not found).
 fn check_id(id: Result<Path<String>, PathRejection>) -> Option<String> {
@@ -508,17 +543,24 @@ async fn command(api: &Api, id: &str, cmd: OperatorCommand, wait: Duration) -> R
     }
 }
 
-/// `GET /api/calls/{id}/recording`: the call's stereo WAV. The file is the one named in the
-/// record, never a path from the request.
+/// `GET /api/calls/{id}/recording`: the call's stereo WAV. The file is always
+/// `<recording.dir>/<id>.wav`, rebuilt from the configuration and the (well-formed) call id:
+/// never a path from the request, and never the path a stored record names (a record only
+/// says *whether* the call was recorded; a tampered or foreign record cannot point the
+/// download at another file). A symlink in place of the file is not followed.
 async fn recording(State(api): State<Api>, id: Result<Path<String>, PathRejection>) -> Response {
-    let Some(id) = check_id(id) else {
+    let Some(id) = check_id(id).filter(|id| super::is_call_id(id)) else {
         return malformed_id();
     };
-    let Some(record) = find_record(&api, &id).await else {
+    let Some(record) = find_record(&api, &id).await.filter(|r| r.id == id) else {
         return error(StatusCode::NOT_FOUND, "no call with that id");
     };
-    let Some(path) = record.recording else {
+    if record.recording.is_none() {
         return error(StatusCode::NOT_FOUND, "this call was not recorded");
+    }
+    let dir = std::path::Path::new(&api.app.config.recording.dir);
+    let Some(path) = super::recorder::recording_file(dir, &id) else {
+        return malformed_id();
     };
     if record.ended_at_ms.is_none() {
         return error(
@@ -530,6 +572,23 @@ async fn recording(State(api): State<Api>, id: Result<Path<String>, PathRejectio
     // catch up (bounded) so the header is final.
     if let Some(recorder) = api.app.recorder.clone() {
         let _ = tokio::task::spawn_blocking(move || recorder.sync(RECORDER_WAIT)).await;
+    }
+    match tokio::fs::symlink_metadata(&path).await {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            tracing::warn!(call_id = %id, "a recording is not a plain file; not served");
+            return error(StatusCode::NOT_FOUND, "the recording file is missing");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return error(StatusCode::NOT_FOUND, "the recording file is missing")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a recording's metadata");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the recording",
+            );
+        }
     }
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
@@ -636,7 +695,7 @@ async fn phone_ticket(State(api): State<Api>, headers: HeaderMap) -> Response {
             "the bridge is shutting down",
         );
     }
-    if app.calls.len() >= app.config.limits.max_calls {
+    if app.admission.full() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "at the concurrent call limit (limits.max_calls)",

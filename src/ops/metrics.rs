@@ -693,6 +693,7 @@ mod tests {
             name: "lookup_order".into(),
             description: "Look up an order.".into(),
             url: "https://ops.example.com/hook".into(),
+            allow_insecure: false,
             parameters: None,
             timeout_ms: 1_000,
         });

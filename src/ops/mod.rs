@@ -48,6 +48,15 @@ pub fn new_call_id() -> CallId {
     format!("{:016x}", rand::random::<u64>()).into()
 }
 
+/// Whether `id` has the shape [`new_call_id`] gives: exactly 16 lowercase hex digits (so no
+/// separators, no dots: safe to put in a file name).
+pub fn is_call_id(id: &str) -> bool {
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Where a call came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

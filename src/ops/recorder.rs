@@ -589,6 +589,14 @@ fn write_loop(rx: mpsc::Receiver<Job>, pending: Arc<AtomicUsize>) {
     }
 }
 
+/// The recording file of call `id` under `dir` (`recording.dir`): `<dir>/<id>.wav`, built
+/// from the two alone. `None` unless `id` has the shape of a call id
+/// ([`super::is_call_id`]: 16 hex digits, so no separator, no `..`). What is served is always
+/// this path, never one a stored record names.
+pub fn recording_file(dir: &Path, id: &str) -> Option<PathBuf> {
+    super::is_call_id(id).then(|| Journal::recording_path(dir, id))
+}
+
 /// Reads a recording back as (left, right) samples; for tests and tools.
 pub fn read_stereo(path: &Path) -> Result<(Vec<i16>, Vec<i16>), String> {
     let wav = crate::audio::wav::read_wav_file(path).map_err(|e| e.to_string())?;
@@ -652,6 +660,36 @@ mod tests {
             .skip(from)
             .position(|v| v.unsigned_abs() > 2000)
             .map(|p| p + from)
+    }
+
+    #[test]
+    fn a_recording_file_is_built_from_the_dir_and_a_well_formed_id_only() {
+        let dir = Path::new("/var/lib/callbridge/recordings");
+        let id = crate::ops::new_call_id();
+        assert_eq!(
+            recording_file(dir, &id),
+            Some(dir.join(format!("{id}.wav")))
+        );
+        assert_eq!(
+            recording_file(dir, &id),
+            Some(Journal::recording_path(dir, &id))
+        );
+        for bad in [
+            "",
+            "..",
+            "../../etc/passwd",
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "0123456789ABCDEF",
+            "0123456789abcde/",
+            "0123456789abcd..",
+            "/123456789abcdef",
+            "0123456789abcde\\",
+            "0123456789abcdeg",
+            "０123456789abcde",
+        ] {
+            assert_eq!(recording_file(dir, bad), None, "{bad:?}");
+        }
     }
 
     struct Dir(PathBuf);
