@@ -144,11 +144,19 @@ pub struct MetricsConfig {
     /// Serve `GET /metrics` in the Prometheus text format (aggregates only: no numbers, no
     /// transcripts, no call ids).
     pub enabled: bool,
+    /// Serve `GET /metrics` only with `Authorization: Bearer <operator token>` (env
+    /// `CALLBRIDGE_OPERATOR_TOKEN`, which must then be set); 401 otherwise. Off by default so
+    /// a plain Prometheus scrape works: keep `/metrics` off the public listener (or turn this
+    /// on and give the scraper the token) when the bridge is reachable from the internet.
+    pub require_token: bool,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true }
+        MetricsConfig {
+            enabled: true,
+            require_token: false,
+        }
     }
 }
 
@@ -335,6 +343,20 @@ pub struct ServerConfig {
     /// Serve `GET /debug/stats` (latency histograms, frame counters; aggregate numbers only).
     /// Off by default: call volume is nobody's business. `callbridge loadtest` turns it on.
     pub debug_stats: bool,
+    /// Open TCP connections served at once (HTTP requests in progress or idle keep-alive;
+    /// upgraded media sockets are bounded by `limits.max_pending_streams` and
+    /// `limits.max_calls` instead). A connection over the cap is closed at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this long of the connection opening (and of the
+    /// previous response on a keep-alive connection), ms: slowloris defence.
+    pub header_timeout_ms: u64,
+    /// A request (body read and handler) must be answered within this long, ms (408 after).
+    /// Not the life of an upgraded WebSocket nor a streamed response body.
+    pub request_timeout_ms: u64,
+    /// Kernel send buffer of each accepted socket, bytes (0: the OS default, which autotunes
+    /// up to megabytes). Bounded so a peer that stops reading is noticed within seconds
+    /// (`limits.caller_write_timeout_ms`) and holds little kernel memory.
+    pub socket_send_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -343,6 +365,10 @@ impl Default for ServerConfig {
             listen: "0.0.0.0:8080".into(),
             public_url: String::new(),
             debug_stats: false,
+            max_connections: 4096,
+            header_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            socket_send_buffer_bytes: 64 * 1024,
         }
     }
 }
@@ -644,8 +670,16 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Caller audio kept while the model session is being set up, ms (older audio is dropped).
     pub preconnect_buffer_ms: u32,
-    /// Time allowed between the WebSocket upgrade and Twilio's `start`, ms.
+    /// Time allowed between the WebSocket upgrade and Twilio's `start`, ms. Twilio sends
+    /// `connected` and `start` together right after the upgrade; a socket that has not
+    /// started by then is closed (it held a pending-stream slot, not a call slot).
     pub start_timeout_ms: u64,
+    /// Media sockets that may wait for their first `start` at once (a separate, small cap:
+    /// a socket takes one of `max_calls` only once its stream token is redeemed on `start`).
+    pub max_pending_streams: usize,
+    /// Longest wait for one write to the caller's socket, ms: a peer that stops reading ends
+    /// its call as `caller_unresponsive` instead of freezing the call's timers.
+    pub caller_write_timeout_ms: u64,
     /// Longest call, seconds.
     pub max_call_secs: u64,
     /// Idle time after the last key press before pressed digits are sent to the model, ms.
@@ -673,7 +707,9 @@ impl Default for LimitsConfig {
             max_calls: 500,
             max_message_bytes: 64 * 1024,
             preconnect_buffer_ms: 5_000,
-            start_timeout_ms: 10_000,
+            start_timeout_ms: 2_000,
+            max_pending_streams: 64,
+            caller_write_timeout_ms: 5_000,
             max_call_secs: 3_600,
             dtmf_idle_ms: 2_000,
             end_call_grace_ms: 8_000,
@@ -741,10 +777,12 @@ pub struct TransferDestination {
 pub struct ToolsConfig {
     /// Declare `send_dtmf` so the agent can navigate phone menus.
     pub send_dtmf: bool,
-    /// Operator webhook tools (`[[tools.webhooks]]`). Requests are signed with
-    /// HMAC-SHA256 over the body, key from env `CALLBRIDGE_TOOLS_SECRET`.
+    /// Operator webhook tools (`[[tools.webhooks]]`). Requests carry
+    /// `X-Callbridge-Timestamp` and `X-Callbridge-Signature: v1=<hex HMAC-SHA256 of
+    /// "{timestamp}.{body}">` (see `call::tools`), key from env `CALLBRIDGE_TOOLS_SECRET`.
     pub webhooks: Vec<WebhookToolConfig>,
-    /// Signing key, from env `CALLBRIDGE_TOOLS_SECRET` only.
+    /// Signing key, from env `CALLBRIDGE_TOOLS_SECRET` only; required (non-empty) when
+    /// `webhooks` are configured.
     #[serde(skip)]
     pub secret: Secret,
 }
@@ -770,8 +808,13 @@ pub struct WebhookToolConfig {
     /// Parameters as an OpenAPI-style schema object (`{type = "OBJECT", properties = …}`).
     #[serde(default)]
     pub parameters: Option<toml::Table>,
-    /// URL callbridge POSTs the call to.
+    /// URL callbridge POSTs the call to: `https://`, or `http://` with `allow_insecure`.
     pub url: String,
+    /// Allow a plain `http://` URL (no TLS: the arguments, the call's numbers and the
+    /// signature travel in the clear). Meant for a receiver on the same host or network, and
+    /// for tests; there is no loopback exception.
+    #[serde(default)]
+    pub allow_insecure: bool,
     /// Time allowed for the answer, ms.
     #[serde(default = "default_tool_timeout")]
     pub timeout_ms: u64,
@@ -995,6 +1038,33 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|_| invalid("server.listen", &self.server.listen, "expected ip:port"))?;
+        let sv = &self.server;
+        in_range(
+            "server.max_connections",
+            sv.max_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "server.header_timeout_ms",
+            sv.header_timeout_ms,
+            100,
+            600_000,
+        )?;
+        in_range(
+            "server.request_timeout_ms",
+            sv.request_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        if sv.socket_send_buffer_bytes != 0 {
+            in_range(
+                "server.socket_send_buffer_bytes",
+                sv.socket_send_buffer_bytes as u64,
+                4096,
+                64 * 1024 * 1024,
+            )?;
+        }
         if !self.server.public_url.is_empty() {
             let u = &self.server.public_url;
             let rest = u
@@ -1204,6 +1274,14 @@ impl Config {
                 "expected at least 16 characters, no whitespace",
             ));
         }
+        if self.metrics.enabled && self.metrics.require_token && tok.is_empty() {
+            return Err(invalid(
+                "metrics.require_token",
+                true,
+                "needs the operator token: set CALLBRIDGE_OPERATOR_TOKEN (16+ characters), or \
+                 turn metrics.require_token off",
+            ));
+        }
         let p = &self.playout;
         if p.lead_ms < 20 || p.lead_ms > 5_000 || !p.lead_ms.is_multiple_of(20) {
             return Err(invalid(
@@ -1253,6 +1331,18 @@ impl Config {
         }
         // Upper bounds too: a huge value would overflow `Instant` arithmetic on every call.
         in_range("limits.start_timeout_ms", l.start_timeout_ms, 1, 600_000)?;
+        in_range(
+            "limits.max_pending_streams",
+            l.max_pending_streams as u64,
+            1,
+            100_000,
+        )?;
+        in_range(
+            "limits.caller_write_timeout_ms",
+            l.caller_write_timeout_ms,
+            100,
+            60_000,
+        )?;
         in_range("limits.max_call_secs", l.max_call_secs, 1, 86_400)?;
         in_range(
             "limits.silence_timeout_secs",
@@ -1369,6 +1459,17 @@ impl Config {
                     "expected an http(s):// URL",
                 ));
             }
+            if w.url.starts_with("http://") && !w.allow_insecure {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    &w.url,
+                    &format!(
+                        "tool {:?} uses plain http://; use https:// or set \
+                         allow_insecure = true on this webhook",
+                        w.name
+                    ),
+                ));
+            }
             if w.timeout_ms == 0 || w.timeout_ms > 60_000 {
                 return Err(invalid(
                     &format!("{key}.timeout_ms"),
@@ -1399,6 +1500,16 @@ impl Config {
                 &e.reason,
             )
         })?;
+        // Unsigned (empty-key) requests would let anyone who can reach the operator's URL
+        // call its tools; refuse to start instead.
+        if !self.tools.webhooks.is_empty() && self.tools.secret.expose().trim().is_empty() {
+            return Err(invalid(
+                "CALLBRIDGE_TOOLS_SECRET",
+                "",
+                "must be set (tools.secret, the key webhook tool requests are signed with) \
+                 when [[tools.webhooks]] are configured",
+            ));
+        }
         for (name, d) in &self.transfer.destinations {
             let key = format!("transfer.destinations.{name}");
             if name.is_empty()

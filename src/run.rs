@@ -112,9 +112,6 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
         tracing::warn!("GEMINI_API_KEY is not set: the model will refuse every session");
     }
     log_model_profile(&config);
-    if !config.tools.webhooks.is_empty() && config.tools.secret.is_empty() {
-        tracing::warn!("CALLBRIDGE_TOOLS_SECRET is not set: webhook tool requests are signed with an empty key");
-    }
     if config.server.public_url.is_empty() {
         tracing::warn!("server.public_url / CALLBRIDGE_PUBLIC_URL is not set: stream URLs are built from the Host header");
     }
@@ -146,7 +143,7 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(
-            live_calls = st.calls.len(),
+            live_calls = st.admission.live(),
             "shutting down: refusing new calls"
         );
         st.shutdown.cancel();
@@ -213,19 +210,11 @@ pub async fn check_model(path: Option<&Path>) -> Result<PreflightOutcome, RunErr
 /// `gemini.preflight_interval_secs` (0: only now), each kept in [`AppState::model_status`]
 /// and `/metrics`; a refusal is logged as an error naming `gemini.model`. Never delays or
 /// stops the bridge (a refused model still gets callers the fallback TwiML), and stops at
-/// shutdown without waiting for a check in flight. Skipped with ephemeral tokens, which may
-/// allow a single session. Not started by [`spawn`] (tests and the demo count sessions).
+/// shutdown without waiting for a check in flight. Not started by [`spawn`] (tests and the demo count sessions).
 pub fn spawn_preflight(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
     let g = &state.config.gemini;
     if !g.preflight {
         tracing::info!("model preflight is off (gemini.preflight = false)");
-        return None;
-    }
-    if g.auth == "ephemeral_token" {
-        tracing::info!(
-            "model preflight skipped: gemini.auth = \"ephemeral_token\" (a token may allow a \
-             single session, which a call needs); run `callbridge check-model` to check by hand"
-        );
         return None;
     }
     let target = preflight_target(

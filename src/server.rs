@@ -11,10 +11,9 @@
 //! tracked so shutdown can wait for them (axum's graceful shutdown does not wait for upgraded
 //! WebSockets).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -23,7 +22,6 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use dashmap::DashMap;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,12 +37,7 @@ use crate::stats::BridgeStats;
 use crate::twilio::signature::{self, SharedKey, SignedRequest, StreamTokens, Verifier};
 use crate::twilio::webhook;
 
-/// A call in progress, as listed in the registry.
-#[derive(Debug, Clone)]
-pub struct LiveCall {
-    /// When the media WebSocket was accepted.
-    pub since: SystemTime,
-}
+pub use crate::call::admission::LiveCall;
 
 /// State shared by every request and call.
 pub struct AppState {
@@ -54,8 +47,9 @@ pub struct AppState {
     pub settings: Arc<CallSettings>,
     /// The model credential.
     pub credential: Arc<Credential>,
-    /// Live calls by connection id.
-    pub calls: DashMap<u64, LiveCall>,
+    /// Pending media sockets and admitted calls (`limits.max_pending_streams`,
+    /// `limits.max_calls`), and the registry of live calls by connection id.
+    pub admission: Arc<crate::call::admission::Admission>,
     next_conn: AtomicU64,
     /// Timeline events of all calls (the demo and observers subscribe).
     pub notes: broadcast::Sender<CallNote>,
@@ -111,6 +105,7 @@ impl AppState {
         )>,
     ) -> Arc<AppState> {
         let settings = Arc::new(CallSettings::from_config(&config));
+        let config_limits = config.limits.clone();
         let credential = Arc::new(model_credential(&config));
         let (notes, _) = broadcast::channel(1024);
         let control_settings = Arc::new(ControlSettings {
@@ -190,7 +185,10 @@ impl AppState {
             config: Arc::new(config),
             settings,
             credential,
-            calls: DashMap::new(),
+            admission: crate::call::admission::Admission::new(
+                config_limits.max_calls,
+                config_limits.max_pending_streams,
+            ),
             next_conn: AtomicU64::new(1),
             notes,
             control,
@@ -213,12 +211,8 @@ pub fn model_credential(config: &Config) -> Credential {
         // OAuth2 tokens (gemini::auth), one cache per process; no API key.
         return Credential::vertex_from_env(&config.gemini.location);
     }
-    let secret = config.gemini.api_key.expose().to_string();
-    if config.gemini.auth == "ephemeral_token" {
-        Credential::EphemeralToken(secret)
-    } else {
-        Credential::ApiKey(secret)
-    }
+    // `gemini.auth` is "api_key": validation refuses the former "ephemeral_token" mode.
+    Credential::ApiKey(config.gemini.api_key.expose().to_string())
 }
 
 /// Bytes read from the caller's socket at a time (see `media_stream`).
@@ -240,15 +234,49 @@ pub fn app(state: Arc<AppState>) -> Router {
             post(voice_webhook).layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
         )
         .route("/twilio/media", get(media_stream))
-        .route("/twilio/whisper/{destination}", post(whisper).get(whisper))
+        .route(
+            "/twilio/whisper/{destination}",
+            post(whisper)
+                .get(whisper)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
+        )
         .route("/healthz", get(healthz))
         .route("/debug/stats", get(debug_stats))
         .route("/metrics", get(metrics))
         .with_state(state.clone())
-        .merge(crate::ops::api::router(state))
+        .merge(crate::ops::api::router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            request_deadline,
+        ))
 }
 
-/// Binds and serves until `state.shutdown` fires, then waits for live calls to finish.
+/// Every request is answered within `server.request_timeout_ms` (408 after): a body sent a
+/// byte at a time cannot hold a handler. The deadline covers reading the body and running the
+/// handler, not an upgraded WebSocket's life nor a streamed response body.
+async fn request_deadline(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = Duration::from_millis(state.config.server.request_timeout_ms);
+    let path = crate::redact::bounded(req.uri().path(), 80);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(path = %path, "request not completed in time; answered 408");
+            (StatusCode::REQUEST_TIMEOUT, "request timeout\n").into_response()
+        }
+    }
+}
+
+/// Serves until `state.shutdown` fires, then waits for live calls to finish.
+///
+/// Our own accept loop rather than `axum::serve`, for two defences it lacks: a cap on open
+/// connections (`server.max_connections`; one over it is closed at once) and hyper's
+/// header-read timeout (`server.header_timeout_ms`, which needs a timer `axum::serve` does not
+/// install), so slow or idle clients cannot pin sockets and tasks. HTTP/1.1 with upgrades, as
+/// `axum::serve` serves by default.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let lag = state.stats.clone().watch_runtime_lag();
@@ -260,18 +288,73 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> s
         }
     });
     let router = app(state.clone());
-    // Nagle off: 20 ms media frames and marks must not wait for the previous write's ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let server = &state.config.server;
+    let permits = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
+    let header_timeout = Duration::from_millis(server.header_timeout_ms);
+    let send_buffer = server.socket_send_buffer_bytes;
+    let connections = TaskTracker::new();
+    let mut refused_logged: Option<Instant> = None;
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                refused_logged = Some(Instant::now());
+                tracing::warn!(
+                    max = server.max_connections,
+                    "connection refused: at server.max_connections"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        // Nagle off: 20 ms media frames and marks must not wait for the previous write's ACK.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await?;
+        if send_buffer > 0 {
+            if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(send_buffer) {
+                tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+            }
+        }
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    // Finish the request in flight, then close (idle keep-alive: at once).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            // An upgraded WebSocket has left hyper by now: it is bounded by admission.
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // In-flight requests finish (bounded by the request timeout and this).
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;
     // Upgraded WebSockets are not waited for by axum: wait for the call tasks ourselves, for
     // the grace plus the time the last sentences and the stream closes may take.
     state.tracker.close();
@@ -283,7 +366,7 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> s
         .is_err()
     {
         tracing::warn!(
-            live_calls = state.calls.len(),
+            live_calls = state.admission.live(),
             "calls still running after the shutdown bound"
         );
     }
@@ -301,13 +384,20 @@ async fn debug_stats(State(state): State<Arc<AppState>>) -> Response {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     }
     let mut body = state.stats.to_json();
-    body["live_calls"] = state.calls.len().into();
+    body["live_calls"] = state.admission.live().into();
+    body["pending_streams"] = state.admission.pending().into();
     axum::Json(body).into_response()
 }
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text), when `metrics.enabled` (404
-/// otherwise). Aggregates only: no numbers, call ids or transcripts.
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// otherwise). Aggregates only: no numbers, call ids or transcripts. With
+/// `metrics.require_token`, only with the operator bearer token (401 otherwise).
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if state.metrics.is_some() {
+        if let Some(refused) = crate::ops::api::metrics_refusal(&state.config, &headers) {
+            return refused;
+        }
+    }
     match &state.metrics {
         Some(m) => (
             [(header::CONTENT_TYPE, crate::ops::metrics::CONTENT_TYPE)],
@@ -324,7 +414,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     // fallback TwiML, so the bridge must stay in rotation.
     let body = serde_json::json!({
         "status": if draining { "draining" } else { "ok" },
-        "live_calls": state.calls.len(),
+        "live_calls": state.admission.live(),
         "model": state.model_status.health().as_str(),
     });
     let code = if draining {
@@ -374,7 +464,7 @@ async fn voice_webhook(
     };
     let call_sid = field("CallSid");
     if state.config.twilio.validate_signatures {
-        let urls = webhook_urls(&state.config, &uri, &headers);
+        let urls = signed_urls(&state.config, &uri, &headers);
         let signed_params: &[(String, String)] = if json_body { &[] } else { &form };
         if let Err(why) = check_signature(&state, &urls, signed_params, &headers, body.as_bytes()) {
             tracing::warn!(reason = %redact_text(&why.to_string()), "voice webhook refused: bad signature");
@@ -388,7 +478,7 @@ async fn voice_webhook(
         call_sid = %crate::redact::bounded(&call_sid, 64)
     );
     let _enter = span.enter();
-    if state.shutdown.is_cancelled() || state.calls.len() >= state.config.limits.max_calls {
+    if state.shutdown.is_cancelled() || state.admission.full() {
         // No stream now: answer with the fallback verbs so the caller is not left in silence.
         tracing::warn!(
             draining = state.shutdown.is_cancelled(),
@@ -440,11 +530,43 @@ async fn voice_webhook(
     ([(header::CONTENT_TYPE, "text/xml")], twiml).into_response()
 }
 
-/// `/twilio/whisper/{destination}`: TwiML said to the person who answers a transfer.
+/// `/twilio/whisper/{destination}`: TwiML said to the person who answers a transfer. Twilio
+/// fetches it (GET or POST) signed like any webhook, and it is checked the same way: no
+/// signature header is refused before anything is read, the body is bounded, the signature is
+/// checked over the public URL (query included) and the form fields.
 async fn whisper(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(destination): axum::extract::Path<String>,
+    method: axum::http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
 ) -> Response {
+    if state.config.twilio.validate_signatures {
+        if !headers.contains_key("x-twilio-signature") {
+            tracing::warn!("whisper request refused: no X-Twilio-Signature");
+            return (StatusCode::FORBIDDEN, "missing signature\n").into_response();
+        }
+        if body.bytes().filter(|b| *b == b'&').count() >= MAX_WEBHOOK_FIELDS {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "too many fields\n").into_response();
+        }
+        let form = if method == axum::http::Method::POST && !body.is_empty() {
+            match webhook::parse_form(&body) {
+                Ok(f) => f,
+                Err(_) => {
+                    tracing::warn!("whisper request with a malformed form body");
+                    return (StatusCode::BAD_REQUEST, "malformed form body\n").into_response();
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let urls = signed_urls(&state.config, &uri, &headers);
+        if let Err(why) = check_signature(&state, &urls, &form, &headers, body.as_bytes()) {
+            tracing::warn!(reason = %redact_text(&why.to_string()), "whisper request refused: bad signature");
+            return (StatusCode::FORBIDDEN, "invalid signature\n").into_response();
+        }
+    }
     match state.config.transfer.destinations.get(&destination) {
         Some(d) if !d.whisper.is_empty() => (
             [(header::CONTENT_TYPE, "text/xml")],
@@ -499,13 +621,17 @@ pub struct CallOrigin {
 }
 
 /// Upgrades a media WebSocket (Media Streams protocol) and runs one call on it through
-/// [`driver::run_call`], as a tracked task listed in [`AppState::calls`]. Refused with 503
-/// while draining or at `limits.max_calls`. Used by `/twilio/media` and the browser phone.
+/// [`driver::run_call`], as a tracked task. Until its first `start` the socket holds a
+/// pending-stream slot (`limits.max_pending_streams`; 503 when none is free, and closed after
+/// `limits.start_timeout_ms`); the `start` that passes the stream guard takes a call slot
+/// (`limits.max_calls`, listed in [`AppState::admission`]) or the stream is closed with 1013.
+/// Refused with 503 while draining or when every call slot is taken. Used by
+/// `/twilio/media` and the browser phone.
 pub fn accept_call(state: Arc<AppState>, ws: WebSocketUpgrade, origin: CallOrigin) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    if state.calls.len() >= state.config.limits.max_calls {
+    if state.admission.full() {
         tracing::warn!(
             max = state.config.limits.max_calls,
             source = origin.source.as_str(),
@@ -514,6 +640,18 @@ pub fn accept_call(state: Arc<AppState>, ws: WebSocketUpgrade, origin: CallOrigi
         return (StatusCode::SERVICE_UNAVAILABLE, "at capacity\n").into_response();
     }
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let Some(pending) = state.admission.try_pending(conn) else {
+        tracing::warn!(
+            max = state.config.limits.max_pending_streams,
+            source = origin.source.as_str(),
+            "media socket refused: too many sockets waiting for `start`"
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many pending streams\n",
+        )
+            .into_response();
+    };
     let max = state.config.limits.max_message_bytes;
     let st = state.clone();
     // Telephony-sized buffers: tungstenite zero-fills its whole read buffer before every read
@@ -527,14 +665,9 @@ pub fn accept_call(state: Arc<AppState>, ws: WebSocketUpgrade, origin: CallOrigi
         .on_upgrade(move |socket| async move {
             let state = st;
             state.stats.calls_started.fetch_add(1, Ordering::Relaxed);
-            state.calls.insert(
-                conn,
-                LiveCall {
-                    since: SystemTime::now(),
-                },
-            );
             let call_id = crate::ops::new_call_id();
-            let ctx = call_context(&state, conn, call_id.clone(), origin);
+            let mut ctx = call_context(&state, conn, call_id.clone(), origin);
+            ctx.pending = Some(pending);
             let span = tracing::info_span!(
                 "call",
                 conn,
@@ -566,7 +699,6 @@ pub fn accept_call(state: Arc<AppState>, ws: WebSocketUpgrade, origin: CallOrigi
                 .instrument(span),
             );
             let _ = task.await;
-            state.calls.remove(&conn);
         })
 }
 
@@ -596,6 +728,8 @@ fn call_context(
         source: origin.source,
         observers: state.observers.clone(),
         commands: state.commands.clone(),
+        pending: None,
+        slot: None,
     }
 }
 
@@ -618,19 +752,19 @@ pub fn stream_guard(tokens: Arc<StreamTokens>) -> StreamGuard {
     })
 }
 
-/// The URLs Twilio may have signed the voice webhook over: `{server.public_url}/twilio/voice`
-/// plus the request's query string. Without a public URL (local testing only) the `Host`
-/// header is used, with both schemes.
-fn webhook_urls(config: &Config, uri: &Uri, headers: &HeaderMap) -> Vec<String> {
-    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+/// The URLs Twilio may have signed a webhook over: `{server.public_url}` plus the request's
+/// path and query string (as received, percent-encoding included). Without a public URL
+/// (local testing only) the `Host` header is used, with both schemes.
+fn signed_urls(config: &Config, uri: &Uri, headers: &HeaderMap) -> Vec<String> {
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     let public = config.server.public_url.trim_end_matches('/');
     if !public.is_empty() {
-        return vec![format!("{public}/twilio/voice{query}")];
+        return vec![format!("{public}{path_and_query}")];
     }
     let host = host_header(headers);
     ["https", "http"]
         .iter()
-        .map(|scheme| format!("{scheme}://{host}/twilio/voice{query}"))
+        .map(|scheme| format!("{scheme}://{host}{path_and_query}"))
         .collect()
 }
 
@@ -650,8 +784,8 @@ fn host_header(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-/// Verifies `X-Twilio-Signature` against any of `urls`; the error is the reason for the first
-/// URL (never a key).
+/// Verifies `X-Twilio-Signature` against any of `urls` (params sorted once); the error is the
+/// reason for the first URL (never a key).
 fn check_signature(
     state: &AppState,
     urls: &[String],
@@ -660,23 +794,14 @@ fn check_signature(
     body: &[u8],
 ) -> Result<(), signature::Rejection> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let mut first = None;
-    for url in urls {
-        let req = SignedRequest {
-            url,
-            params,
-            signature: header(signature::SIGNATURE_HEADER),
-            settings: header(signature::SETTINGS_HEADER),
-            body,
-        };
-        match state.verifier.verify(&req) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                first.get_or_insert(e);
-            }
-        }
-    }
-    Err(first.unwrap_or(signature::Rejection::MissingSignature))
+    let req = SignedRequest {
+        url: "",
+        params,
+        signature: header(signature::SIGNATURE_HEADER),
+        settings: header(signature::SETTINGS_HEADER),
+        body,
+    };
+    state.verifier.verify_any(urls, &req)
 }
 
 /// Top-level string (or scalar) fields of a JSON object body, as webhook fields.

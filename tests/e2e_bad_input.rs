@@ -606,7 +606,7 @@ async fn oversized_caller_frame_ends_only_that_connection() {
     }
     // All three calls are gone from the registry.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(h.state.calls.len(), 0, "no call left behind");
+    assert_eq!(h.state.admission.live(), 0, "no call left behind");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -406,11 +406,60 @@ async fn transfer_to_named_destination_after_the_hand_off_is_heard() {
     assert!(twiml.1.contains("<Dial"), "{}", twiml.1);
 
     // The whisper URL serves the configured text to the callee (Twilio may GET or POST).
+    // Signed like any Twilio webhook: over the public URL (GET) plus the form fields (POST).
+    use callbridge::twilio::signature::compute_signature;
     let whisper_url = format!("http://{}/twilio/whisper/billing", h.addr);
+    let signed_over = format!("{PUBLIC_URL}/twilio/whisper/billing");
     let client = reqwest::Client::new();
+    let form = vec![
+        ("AccountSid".to_string(), ACCOUNT_SID.to_string()),
+        (
+            "CallSid".to_string(),
+            "CA11111111111111111111111111111111".to_string(),
+        ),
+    ];
+    let form_body = form
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
     for resp in [
         client.get(&whisper_url).send().await.unwrap(),
         client.post(&whisper_url).send().await.unwrap(),
+        client
+            .get(&whisper_url)
+            .header("X-Twilio-Signature", "forged")
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(
+            resp.status(),
+            403,
+            "unsigned or forged whisper fetch refused"
+        );
+    }
+    for resp in [
+        client
+            .get(&whisper_url)
+            .header(
+                "X-Twilio-Signature",
+                compute_signature(AUTH_TOKEN, &signed_over, &[]),
+            )
+            .send()
+            .await
+            .unwrap(),
+        client
+            .post(&whisper_url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header(
+                "X-Twilio-Signature",
+                compute_signature(AUTH_TOKEN, &signed_over, &form),
+            )
+            .body(form_body.clone())
+            .send()
+            .await
+            .unwrap(),
     ] {
         assert_eq!(resp.status(), 200);
         let body = resp.text().await.unwrap();
@@ -419,6 +468,14 @@ async fn transfer_to_named_destination_after_the_hand_off_is_heard() {
     }
     let missing = client
         .get(format!("http://{}/twilio/whisper/sales", h.addr))
+        .header(
+            "X-Twilio-Signature",
+            compute_signature(
+                AUTH_TOKEN,
+                &format!("{PUBLIC_URL}/twilio/whisper/sales"),
+                &[],
+            ),
+        )
         .send()
         .await
         .unwrap();
@@ -764,6 +821,8 @@ fn webhook(name: &str, url: String, timeout_ms: u64) -> WebhookToolConfig {
         description: format!("The operator's {name} tool."),
         parameters: None,
         url,
+        // The fake operator serves plain http on 127.0.0.1.
+        allow_insecure: true,
         timeout_ms,
     }
 }

@@ -224,15 +224,10 @@ async fn bridges_started_through_the_library_open_no_preflight_session() {
 }
 
 #[tokio::test]
-async fn preflight_off_starts_nothing_and_ephemeral_tokens_are_not_spent() {
+async fn preflight_off_starts_nothing() {
     let sim = sim().await;
     let off = AppState::new(config(&sim.url(), |c| c.gemini.preflight = false), None);
     assert!(callbridge::run::spawn_preflight(&off).is_none());
-    // Validation refuses ephemeral tokens today; should one ever get here, it is not spent.
-    let mut c = config(&sim.url(), |_| {});
-    c.gemini.auth = "ephemeral_token".into();
-    let token = AppState::new(c, None);
-    assert!(callbridge::run::spawn_preflight(&token).is_none());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(sim.record().connections.is_empty());
 }

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message as ModelMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::admission::{CallSlot, PendingSlot};
 use super::machine::{
     Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut,
     OperatorCommand, Output,
@@ -111,7 +112,6 @@ pub struct CallNote {
 }
 
 /// Everything a call task needs besides its socket.
-#[derive(Clone)]
 pub struct CallContext {
     /// The bridge's id for this connection (logs, registry).
     pub conn: u64,
@@ -152,6 +152,12 @@ pub struct CallContext {
     pub observers: Observers,
     /// Operator commands to live calls.
     pub commands: CommandBoard,
+    /// The socket's pending-stream slot: turned into a call slot ([`CallContext::slot`]) on
+    /// the first `start` that passes the stream guard, or the stream is closed (1013) when
+    /// every call slot is taken. `None`: admission is not managed by this caller.
+    pub pending: Option<PendingSlot>,
+    /// The call slot, once admitted; released when the call ends.
+    pub slot: Option<CallSlot>,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<ModelSocket, ConnectError>> + Send>>;
@@ -221,8 +227,15 @@ where
     // Overlapping handover: the next model socket, opened while `model` is still live.
     let mut standby: Option<ModelSocket> = None;
     let mut standby_connecting: Option<ConnectFuture> = None;
+    // goAway handover: our close frame went out on `model`, which is still read (its last
+    // messages and the close reply go to the machine); nothing more is sent on it.
+    let mut model_draining = false;
     let mut shutdown_seen = false;
     let mut warned_binary = false;
+    // A peer that stops reading: one write waits at most this long, then the call ends as
+    // `caller_unresponsive` and nothing more is written to it.
+    let write_timeout = ctx.settings.caller_write_timeout;
+    let mut caller_stalled = false;
     // When the input that produced this round's outputs was taken off its socket (or, for a
     // timer, when it was due): the start of the bridge-added latency of the frames it yields.
     let mut origin: Option<Instant> = None;
@@ -255,8 +268,17 @@ where
                             twire::to_json(&twire::CallerCommand::Clear, &start.stream_sid)
                         }
                     };
-                    if caller.feed(Message::Text(json.into())).await.is_err() {
-                        call.handle_input(Input::CallerClosed, Instant::now());
+                    if caller_stalled {
+                        continue;
+                    }
+                    match bounded_write(write_timeout, caller.feed(Message::Text(json.into())))
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(fail) => {
+                            caller_stalled |= fail == WriteFail::Stalled;
+                            call.handle_input(fail.input(), Instant::now());
+                        }
                     }
                     if matches!(cmd, CallerOut::Media(_)) {
                         frames_to_caller += 1;
@@ -268,6 +290,12 @@ where
                         tracing::warn!("model message dropped: no model connection");
                         continue;
                     };
+                    if model_draining {
+                        // The machine holds messages while the old connection closes; a frame
+                        // after our close frame would be a protocol error.
+                        tracing::warn!("model message dropped: the connection is closing");
+                        continue;
+                    }
                     let json = model_json(&cmd);
                     let sent = sock.send(ModelMessage::Text(json.into())).await;
                     if let (Ok(()), ModelOut::Audio(_), Some(t0)) = (&sent, &cmd, origin) {
@@ -287,14 +315,46 @@ where
                     }
                 }
                 Output::CloseModel => {
-                    if let Some(mut old) = model.take() {
-                        // Close-first handover: finish the close handshake before the new
-                        // connection resumes (the server may refuse a resume while the old
-                        // socket is open). Bounded, so a dead peer cannot stall the call.
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(500), old.close(None)).await;
+                    if let Some(old) = model.take() {
+                        // Nothing of it reaches the machine any more; its close handshake is
+                        // finished in the background (bounded).
+                        tokio::spawn(close_model(old, MODEL_CLOSE_LIMIT));
                     }
+                    model_draining = false;
                     connecting = None;
+                }
+                Output::DrainModel => {
+                    let Some(sock) = model.as_mut() else {
+                        call.handle_input(
+                            Input::ModelClosed {
+                                code: 1006,
+                                reason: "no model connection to close".into(),
+                            },
+                            Instant::now(),
+                        );
+                        continue;
+                    };
+                    if model_draining {
+                        continue;
+                    }
+                    model_draining = true;
+                    // Close frame 1000 (Normal); the reply arrives through the read below,
+                    // after whatever the server sent before it saw our close.
+                    let sent =
+                        tokio::time::timeout(CLOSE_FRAME_LIMIT, sock.close(Some(normal_close())))
+                            .await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        tracing::warn!("model close frame not sent; dropping the connection");
+                        model = None;
+                        model_draining = false;
+                        call.handle_input(
+                            Input::ModelClosed {
+                                code: 1006,
+                                reason: "close frame not sent".into(),
+                            },
+                            Instant::now(),
+                        );
+                    }
                 }
                 Output::ConnectStandby => {
                     let url = ctx.gemini_url.clone();
@@ -315,13 +375,10 @@ where
                 }
                 Output::PromoteStandby => {
                     if let Some(new) = standby.take() {
-                        if let Some(mut old) = model.replace(new) {
-                            tokio::spawn(async move {
-                                let _ =
-                                    tokio::time::timeout(Duration::from_secs(2), old.close(None))
-                                        .await;
-                            });
+                        if let Some(old) = model.replace(new) {
+                            tokio::spawn(close_model(old, MODEL_CLOSE_LIMIT));
                         }
+                        model_draining = false;
                     }
                 }
                 Output::ConnectModel => {
@@ -363,14 +420,14 @@ where
                     note(ctx, event)
                 }
                 Output::End(why) => {
-                    if caller_dirty {
-                        let _ = caller.flush().await;
+                    if caller_dirty && !caller_stalled {
+                        let _ = bounded_write(write_timeout, caller.flush()).await;
                     }
                     for (_, h) in running.drain() {
                         h.abort();
                     }
-                    if let Some(mut s) = standby.take() {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), s.close(None)).await;
+                    if let Some(s) = standby.take() {
+                        close_model(s, Duration::from_secs(1)).await;
                     }
                     for (_, reply) in operator_replies.drain() {
                         let _ = reply.send(Err("the call ended first".into()));
@@ -380,7 +437,7 @@ where
             }
         }
         if let Some(token) = park {
-            let _ = caller.flush().await;
+            let _ = bounded_write(write_timeout, caller.flush()).await;
             let call_sid = call
                 .stream()
                 .map(|s| s.call_sid.clone())
@@ -409,8 +466,8 @@ where
                             observers.event(&p.id, std::time::SystemTime::now(), &e);
                         }
                     }
-                    if let Some(mut m) = p.model.take() {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), m.close(None)).await;
+                    if let Some(m) = p.model.take() {
+                        close_model(m, MODEL_CLOSE_LIMIT).await;
                     }
                 }
             });
@@ -420,9 +477,12 @@ where
             let _ = tokio::time::timeout(Duration::from_secs(2), caller.close()).await;
             return None;
         }
-        if caller_dirty && caller.flush().await.is_err() {
-            call.handle_input(Input::CallerClosed, Instant::now());
-            continue;
+        if caller_dirty && !caller_stalled {
+            if let Err(fail) = bounded_write(write_timeout, caller.flush()).await {
+                caller_stalled |= fail == WriteFail::Stalled;
+                call.handle_input(fail.input(), Instant::now());
+                continue;
+            }
         }
         if let (true, Some(t0)) = (frames_to_caller > 0, origin) {
             let d = t0.elapsed();
@@ -452,6 +512,7 @@ where
                 match res {
                     Ok(sock) => {
                         model = Some(sock);
+                        model_draining = false;
                         vec![Input::ModelConnected]
                     }
                     Err(e) => vec![Input::ModelConnectFailed(e.to_string())],
@@ -464,6 +525,7 @@ where
                     ModelRead::Nothing => Vec::new(),
                     ModelRead::Closed { code, reason } => {
                         model = None;
+                        model_draining = false;
                         vec![Input::ModelClosed { code, reason }]
                     }
                 }
@@ -524,6 +586,32 @@ where
         let now = Instant::now();
         origin = Some(read_at.map_or(now, |t| t.min(now)));
         for i in input {
+            // Admission: the first `start` turns the socket's pending slot into a call slot,
+            // after the stream guard (a refused token must not hold a call slot).
+            if let (Input::Caller(CallerEvent::Start(start)), Some(_)) = (&i, &ctx.pending) {
+                let continuation = start.custom_parameters.contains_key(CONTINUATION_PARAM);
+                let guarded = !continuation && ctx.stream_guard.is_some();
+                if guarded {
+                    let guard = ctx.stream_guard.take().expect("checked");
+                    if !guard(start) {
+                        ctx.pending = None;
+                        refuse_stream(&mut caller, 1008, "stream token missing, reused or expired")
+                            .await;
+                        tracing::warn!("stream token missing, reused or expired; stream closed before any model session");
+                        call.handle_input(Input::CallerClosed, now);
+                        break;
+                    }
+                }
+                match ctx.pending.take().expect("checked").admit() {
+                    Some(slot) => ctx.slot = Some(slot),
+                    None => {
+                        tracing::warn!("stream refused on start: at the concurrent call limit");
+                        refuse_stream(&mut caller, 1013, "at capacity").await;
+                        call.handle_input(Input::CallerClosed, now);
+                        break;
+                    }
+                }
+            }
             // A continued stream (after send_dtmf) takes over its parked call and model session.
             if let Input::Caller(CallerEvent::Start(start)) = &i {
                 if let Some(token) = start.custom_parameters.get(CONTINUATION_PARAM) {
@@ -554,15 +642,9 @@ where
             {
                 if call.stream().is_none() && !guard(start) {
                     tracing::warn!("stream token missing, reused or expired; stream closed before any model session");
-                    let frame = CloseFrame {
-                        code: 1008,
-                        reason: "stream token missing, reused or expired".into(),
-                    };
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        caller.send(Message::Close(Some(frame))),
-                    )
-                    .await;
+                    ctx.slot = None;
+                    refuse_stream(&mut caller, 1008, "stream token missing, reused or expired")
+                        .await;
                     call.handle_input(Input::CallerClosed, now);
                     break;
                 }
@@ -573,6 +655,80 @@ where
             }
             call.handle_input(i, now);
         }
+    }
+}
+
+/// Longest wait for a model socket's close handshake outside a handover.
+const MODEL_CLOSE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Longest wait for our close frame to be written (a peer that stopped reading).
+const CLOSE_FRAME_LIMIT: Duration = Duration::from_millis(500);
+
+/// Close frame 1000 (Normal closure) for the model connection.
+fn normal_close() -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }
+}
+
+/// Closes a model socket with 1000 (Normal) and completes the close handshake: reads (and
+/// discards) until the server's close reply, at most `limit` in all. A socket already
+/// closing (after [`Output::DrainModel`]) is not sent a second close frame.
+async fn close_model(mut sock: ModelSocket, limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        if sock.close(Some(normal_close())).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = sock.next().await {}
+    })
+    .await;
+}
+
+/// Closes a stream that may not become a call, with `code` and `reason` (bounded: a peer that
+/// does not read cannot hold the task).
+async fn refuse_stream<S: Sink<Message> + Unpin>(caller: &mut S, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_string().into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        caller.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+/// Why a write to the caller failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteFail {
+    /// The socket is closed or broken.
+    Closed,
+    /// The write did not complete in time: the peer stopped reading.
+    Stalled,
+}
+
+impl WriteFail {
+    fn input(self) -> Input {
+        match self {
+            WriteFail::Closed => Input::CallerClosed,
+            WriteFail::Stalled => {
+                tracing::warn!("caller socket stopped taking writes; ending the call");
+                Input::CallerUnresponsive
+            }
+        }
+    }
+}
+
+/// One write (feed or flush) to the caller, bounded by `limit`.
+async fn bounded_write<F, E>(limit: Duration, write: F) -> Result<(), WriteFail>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFail::Closed),
+        Err(_) => Err(WriteFail::Stalled),
     }
 }
 
@@ -875,8 +1031,8 @@ async fn finish<S>(mut caller: S, model: Option<ModelSocket>, why: CallEnd) -> C
 where
     S: Sink<Message> + Unpin,
 {
-    if let Some(mut m) = model {
-        let _ = tokio::time::timeout(Duration::from_secs(2), m.close(None)).await;
+    if let Some(m) = model {
+        close_model(m, MODEL_CLOSE_LIMIT).await;
     }
     if why.caller_still_connected() {
         // Closing the stream makes Twilio run the TwiML after </Connect> (the fallback).
@@ -890,6 +1046,9 @@ where
         )
         .await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), caller.close()).await;
+    if why != CallEnd::CallerUnresponsive {
+        // A peer that stopped reading would only hold the task: it is dropped (RST) instead.
+        let _ = tokio::time::timeout(Duration::from_secs(2), caller.close()).await;
+    }
     why
 }

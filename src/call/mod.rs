@@ -1,5 +1,6 @@
 //! One phone call: the sans-IO state machine and the async driver around it.
 
+pub mod admission;
 pub mod driver;
 pub mod machine;
 pub mod prompts;

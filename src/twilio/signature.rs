@@ -66,18 +66,43 @@ pub fn compute_signature_with(
     url: &str,
     params: &[(String, String)],
 ) -> String {
+    signature_over(algorithm, key, url, &sorted_pairs(params))
+}
+
+/// The params in signing order: by name, then value, each distinct pair once (as
+/// twilio-python signs them). Sorted once per request, however many URLs and keys are tried.
+fn sorted_pairs(params: &[(String, String)]) -> Vec<(&str, &str)> {
     let mut pairs: Vec<(&str, &str)> = params
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     pairs.sort_unstable();
-    // twilio-python signs each distinct (name, value) pair once.
     pairs.dedup();
+    pairs
+}
+
+fn signature_over(algorithm: Algorithm, key: &str, url: &str, pairs: &[(&str, &str)]) -> String {
     let bytes = match algorithm {
-        Algorithm::HmacSha1 => mac_over::<Hmac<Sha1>>(key, url, &pairs),
-        Algorithm::HmacSha256 => mac_over::<Hmac<Sha256>>(key, url, &pairs),
+        Algorithm::HmacSha1 => mac_over::<Hmac<Sha1>>(key, url, pairs),
+        Algorithm::HmacSha256 => mac_over::<Hmac<Sha256>>(key, url, pairs),
     };
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Whether `signature` matches over `url` (either default-port form) and sorted `pairs`.
+fn matches_sorted(
+    algorithm: Algorithm,
+    key: &str,
+    url: &str,
+    pairs: &[(&str, &str)],
+    signature: &str,
+) -> bool {
+    let mut ok = false;
+    for candidate in url_port_variants(url) {
+        let expected = signature_over(algorithm, key, &candidate, pairs);
+        ok |= constant_time_eq(expected.as_bytes(), signature.trim().as_bytes());
+    }
+    ok
 }
 
 fn mac_over<M: Mac + hmac::digest::KeyInit>(
@@ -115,12 +140,7 @@ pub fn validate_signature_with(
     params: &[(String, String)],
     signature: &str,
 ) -> bool {
-    let mut ok = false;
-    for candidate in url_port_variants(url) {
-        let expected = compute_signature_with(algorithm, key, &candidate, params);
-        ok |= constant_time_eq(expected.as_bytes(), signature.trim().as_bytes());
-    }
-    ok
+    matches_sorted(algorithm, key, url, &sorted_pairs(params), signature)
 }
 
 /// The URL as given plus the same URL with its default port toggled (added or removed).
@@ -294,6 +314,35 @@ impl Verifier {
     /// URL (with or without an explicit default port) and params; and, when the URL carries
     /// `bodySHA256`, the body hashes to it.
     pub fn verify(&self, req: &SignedRequest<'_>) -> Result<(), Rejection> {
+        self.verify_any(std::slice::from_ref(&req.url), req)
+    }
+
+    /// [`Verifier::verify`] against any of `urls` (`req.url` is ignored), the params sorted
+    /// once for all of them; the error is the first URL's.
+    pub fn verify_any<U: AsRef<str>>(
+        &self,
+        urls: &[U],
+        req: &SignedRequest<'_>,
+    ) -> Result<(), Rejection> {
+        let pairs = sorted_pairs(req.params);
+        let mut first = None;
+        for url in urls {
+            match self.verify_sorted(url.as_ref(), &pairs, req) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.unwrap_or(Rejection::MissingSignature))
+    }
+
+    fn verify_sorted(
+        &self,
+        url: &str,
+        pairs: &[(&str, &str)],
+        req: &SignedRequest<'_>,
+    ) -> Result<(), Rejection> {
         if !self.has_key() {
             return Err(Rejection::NoKey);
         }
@@ -305,19 +354,19 @@ impl Verifier {
         let settings = req.settings.map(parse_settings_header);
         let mut ok = false;
         if !self.auth_token.is_empty() {
-            ok |= validate_signature(self.auth_token.expose(), req.url, req.params, signature);
+            ok |= matches_sorted(
+                Algorithm::HmacSha1,
+                self.auth_token.expose(),
+                url,
+                pairs,
+                signature,
+            );
         }
         let mut unknown_key = None;
         if let Some(Ok(s)) = &settings {
             match &self.shared_key {
                 Some(k) if constant_time_eq(k.sid.as_bytes(), s.key_sid.as_bytes()) => {
-                    ok |= validate_signature_with(
-                        s.algorithm,
-                        k.secret.expose(),
-                        req.url,
-                        req.params,
-                        signature,
-                    );
+                    ok |= matches_sorted(s.algorithm, k.secret.expose(), url, pairs, signature);
                 }
                 _ => unknown_key = Some(s.key_sid.clone()),
             }
@@ -327,11 +376,11 @@ impl Verifier {
                 (Some(Err(e)), _) => Rejection::BadSettings(e),
                 (_, Some(sid)) => Rejection::UnknownSharedKey(short(&sid)),
                 _ => Rejection::Mismatch {
-                    url: req.url.to_string(),
+                    url: url.to_string(),
                 },
             });
         }
-        if let Some(expected) = query_value(req.url, BODY_SHA256_PARAM) {
+        if let Some(expected) = query_value(url, BODY_SHA256_PARAM) {
             let actual = body_sha256_hex(req.body);
             if !constant_time_eq(actual.as_bytes(), expected.to_ascii_lowercase().as_bytes()) {
                 return Err(Rejection::BodyHashMismatch);
