@@ -71,10 +71,11 @@ pub struct LoadArgs {
     /// Worker threads of a started bridge's runtime (default: one per core).
     #[arg(long)]
     pub bridge_threads: Option<usize>,
-    /// Keep call records (SQLite, beside the generated config) in the bridge it starts. Off
-    /// by default: the published figures and the soak's memory bound are for the call path;
-    /// with records on, the soak's RSS still rose 1.8–2.9 KiB per call over 1 000 calls
-    /// (SQLite page cache and allocator arenas filling, not yet shown to plateau).
+    /// Keep call records (SQLite, beside the generated config) in the bridge it starts, as the
+    /// default configuration does (`tests/soak.rs` uses it). Off by default so the published
+    /// per-call figures are for the call path alone. With records on, RSS settles after
+    /// ~2 000 calls (the worker threads' malloc arenas reaching their working size; see
+    /// docs/PERFORMANCE.md, "Soak").
     #[arg(long)]
     pub records: bool,
 }
