@@ -25,6 +25,7 @@ pub mod loadtest;
 pub mod ops;
 pub mod redact;
 pub mod run;
+pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod stats;

@@ -185,6 +185,28 @@ pub fn bounded(s: &str, max: usize) -> String {
     out
 }
 
+/// Removes the secret from text we did not write (server bodies, library errors).
+pub fn scrub(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return text.to_owned();
+    }
+    let encoded = urlencoding::encode(secret);
+    text.replace(secret, "REDACTED")
+        .replace(encoded.as_ref(), "REDACTED")
+}
+
+/// At most `max` bytes of `text` (cut on a character boundary, then `…`).
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::call::driver::{self, CallContext, CallControl, CallNote, ControlSettings, ParkedCalls};
 use crate::call::machine::CallSettings;
-use crate::call::tools::{HttpToolExecutor, ToolExecutor};
+use crate::call::webhook_tools::{HttpToolExecutor, ToolExecutor};
 use crate::config::Config;
 use crate::gemini::connect::Credential;
 use crate::redact::redact_text;

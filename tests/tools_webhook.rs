@@ -1,14 +1,15 @@
-//! Operator webhook tools over loopback HTTP: `call::tools::HttpToolExecutor` against the
+//! Operator webhook tools over loopback HTTP: `call::webhook_tools::HttpToolExecutor` against the
 //! fake operator (`sim::operator`), plus declarations, signatures and the recording fake.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use callbridge::call::tools::{
-    check_schemas, declarations, request_body, sign, verify_webhook_signature, HttpToolExecutor,
+use callbridge::call::webhook_tools::{
+    declarations, request_body, sign, verify_webhook_signature, HttpToolExecutor,
     RecordingExecutor, SignatureError, ToolCallContext, ToolError, ToolExecutor, MAX_REPLY_BYTES,
     SIGNATURE_TOLERANCE, STATUS_EXCERPT_CHARS,
 };
+use callbridge::config::tool_schema::check_schemas;
 use callbridge::config::{Secret, ToolsConfig, WebhookToolConfig};
 use callbridge::sim::operator::{FakeOperator, FakeOperatorHandle};
 use serde_json::{json, Value};

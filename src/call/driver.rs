@@ -24,7 +24,7 @@ use super::machine::{
     Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut,
     OperatorCommand, Output,
 };
-use super::tools::{ToolCallContext, ToolExecutor};
+use super::webhook_tools::{ToolCallContext, ToolExecutor};
 use crate::config::WebhookToolConfig;
 use crate::gemini::connect::{self, ConnectError, Credential, ModelSocket};
 use crate::gemini::{setup, wire as gwire};

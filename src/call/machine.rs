@@ -197,7 +197,7 @@ impl CallSettings {
             });
         }
         let mut webhook_scheduling = HashMap::new();
-        let mut webhook_tools = crate::call::tools::declarations(&cfg.tools.webhooks);
+        let mut webhook_tools = crate::call::webhook_tools::declarations(&cfg.tools.webhooks);
         for (decl, w) in webhook_tools.iter_mut().zip(&cfg.tools.webhooks) {
             use crate::config::ToolScheduling as S;
             let (behavior, scheduling) = match (w.scheduling, control_behavior) {

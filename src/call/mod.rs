@@ -4,4 +4,4 @@ pub mod admission;
 pub mod driver;
 pub mod machine;
 pub mod prompts;
-pub mod tools;
+pub mod webhook_tools;

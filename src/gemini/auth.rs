@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::connect::truncate;
+use crate::redact::truncate;
 
 /// The OAuth2 scope Vertex AI needs.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -206,7 +206,7 @@ impl fmt::Debug for TokenSource {
 impl TokenSource {
     /// A new source with its own, empty cache. The bridge uses [`TokenSource::shared`].
     pub fn new(source: Source) -> TokenSource {
-        super::connect::ensure_crypto_provider();
+        super::tls::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(HTTP_TIMEOUT)

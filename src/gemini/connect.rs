@@ -15,7 +15,7 @@
 //! writing the socket after the upgrade (that is `call::driver`), or retry policy.
 
 use std::fmt;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -24,6 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::auth::{AuthError, TokenSource};
+pub use super::tls::ensure_crypto_provider;
+pub(crate) use crate::redact::{scrub, truncate};
 
 /// The production endpoint for API keys (v1beta, as documented; also what SDK ≤2.x use).
 pub const DEFAULT_URL: &str = "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
@@ -176,20 +178,6 @@ fn body_suffix(body: &Option<String>) -> String {
         Some(b) if !b.is_empty() => format!(": {b}"),
         _ => String::new(),
     }
-}
-
-/// Installs rustls' ring crypto provider as the process default, once.
-///
-/// tokio-tungstenite builds its rustls `ClientConfig` with the process-default provider and
-/// depends on rustls without a provider feature; whether a wss:// connect works would then
-/// hinge on what other crates happen to enable (and panics if both ring and aws-lc-rs end up
-/// enabled with none installed). Installing explicitly removes that coupling. If another
-/// provider was installed first we keep it.
-pub fn ensure_crypto_provider() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let _already_installed = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// The URL actually dialled for a credential (see [`connect`]); exposed for logging and tests.
@@ -387,28 +375,6 @@ fn classify(e: WsError, url: String, secret: &str) -> ConnectError {
             reason: scrub(&other.to_string(), secret),
         },
     }
-}
-
-/// Removes the secret from text we did not write (server bodies, library errors).
-pub(crate) fn scrub(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        return text.to_owned();
-    }
-    let encoded = urlencoding::encode(secret);
-    text.replace(secret, "REDACTED")
-        .replace(encoded.as_ref(), "REDACTED")
-}
-
-/// At most `max` bytes of `text` (cut on a character boundary, then `…`).
-pub(crate) fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// Close code and reason of a received close frame, for logging. No frame (the peer closed

@@ -6,4 +6,5 @@ pub mod connect;
 pub mod preflight;
 pub mod profile;
 pub mod setup;
+pub mod tls;
 pub mod wire;

@@ -10,7 +10,7 @@
 //! handler future when the connection closes; a drop guard notices).
 //!
 //! Used by tests and the demo. Reads the body as plain JSON and computes the HMAC itself,
-//! without the bridge's `call::tools` types, so a signing bug cannot agree with itself.
+//! without the bridge's `call::webhook_tools` types, so a signing bug cannot agree with itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -235,7 +235,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Scheme v1, written out here rather than calling `call::tools`: the timestamp is decimal
+/// Scheme v1, written out here rather than calling `call::webhook_tools`: the timestamp is decimal
 /// seconds within 5 minutes of now, and a `v1=` item of the signature header is
 /// HMAC-SHA256(secret, "{timestamp}.{body}").
 fn signature_ok(secret: &str, body: &[u8], timestamp: Option<&str>, header: Option<&str>) -> bool {

@@ -22,40 +22,9 @@ pub const DEFAULT_MODEL: &str = crate::gemini::profile::DEFAULT_MODEL;
 /// Default Twilio REST base URL.
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
 
-/// A secret string: never printed by `Debug`/`Display`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+pub use crate::secret::Secret;
 
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// True when no secret was given.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("[unset]")
-        } else {
-            f.write_str("[redacted]")
-        }
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
+pub mod tool_schema;
 
 /// A configuration problem, naming the key and the bad value.
 #[derive(Debug, thiserror::Error)]
@@ -779,7 +748,7 @@ pub struct ToolsConfig {
     pub send_dtmf: bool,
     /// Operator webhook tools (`[[tools.webhooks]]`). Requests carry
     /// `X-Callbridge-Timestamp` and `X-Callbridge-Signature: v1=<hex HMAC-SHA256 of
-    /// "{timestamp}.{body}">` (see `call::tools`), key from env `CALLBRIDGE_TOOLS_SECRET`.
+    /// "{timestamp}.{body}">` (see `call::webhook_tools`), key from env `CALLBRIDGE_TOOLS_SECRET`.
     pub webhooks: Vec<WebhookToolConfig>,
     /// Signing key, from env `CALLBRIDGE_TOOLS_SECRET` only; required (non-empty) when
     /// `webhooks` are configured.
@@ -1493,7 +1462,7 @@ impl Config {
         }
         // Parameter schemas of operator tools are checked here so a typo stops the bridge
         // before it binds rather than failing the model's setup on the first call.
-        crate::call::tools::check_schemas(&self.tools.webhooks).map_err(|e| {
+        tool_schema::check_schemas(&self.tools.webhooks).map_err(|e| {
             invalid(
                 &format!("tools.webhooks.{}.{}", e.tool, e.path),
                 &e.tool,

@@ -48,8 +48,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::config::{Secret, WebhookToolConfig};
+use crate::config::WebhookToolConfig;
 use crate::gemini::setup::FunctionDeclaration;
+use crate::secret::Secret;
 
 /// Header carrying `v1=<lowercase hex HMAC-SHA256(secret, "{timestamp}.{raw body}")>`.
 pub const SIGNATURE_HEADER: &str = "X-Callbridge-Signature";
@@ -418,7 +419,7 @@ pub enum SignatureError {
 /// that long.
 ///
 /// ```
-/// use callbridge::call::tools::{sign, verify_webhook_signature, SIGNATURE_TOLERANCE};
+/// use callbridge::call::webhook_tools::{sign, verify_webhook_signature, SIGNATURE_TOLERANCE};
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///
 /// let body = br#"{"tool":"lookup_order","id":"fc-1","arguments":{},"call":{}}"#;
@@ -488,26 +489,9 @@ pub fn verify_webhook_signature(
     }
 }
 
-/// The schema types Gemini understands (compared case-insensitively; sent as written).
-const SCHEMA_TYPES: [&str; 7] = [
-    "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL",
-];
-
-/// A webhook tool's `parameters` schema that the model would reject.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid schema for tool {tool} at {path}: {reason}")]
-pub struct SchemaError {
-    /// The tool's name.
-    pub tool: String,
-    /// Dotted path inside the schema (`parameters.properties.order_id`).
-    pub path: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
 /// Function declarations for the setup message, one per webhook tool, in config order.
 /// `parameters` is the TOML table converted to JSON as written (use OpenAPI-style
-/// upper-case types, `type = "OBJECT"`); check it first with [`check_schemas`].
+/// upper-case types, `type = "OBJECT"`); check it first with [`crate::config::tool_schema::check_schemas`].
 pub fn declarations(tools: &[WebhookToolConfig]) -> Vec<FunctionDeclaration> {
     tools
         .iter()
@@ -518,85 +502,6 @@ pub fn declarations(tools: &[WebhookToolConfig]) -> Vec<FunctionDeclaration> {
             behavior: None,
         })
         .collect()
-}
-
-/// Checks every tool's `parameters`: each schema node is a table with a known `type` (or an
-/// `anyOf`), `properties` holds schema nodes, `items` is a schema node, and `required` lists
-/// names from `properties`.
-pub fn check_schemas(tools: &[WebhookToolConfig]) -> Result<(), SchemaError> {
-    for t in tools {
-        if let Some(params) = &t.parameters {
-            check_node(params, "parameters").map_err(|(path, reason)| SchemaError {
-                tool: t.name.clone(),
-                path,
-                reason,
-            })?;
-        }
-    }
-    Ok(())
-}
-
-fn check_node(node: &toml::Table, path: &str) -> Result<(), (String, String)> {
-    let err = |p: &str, r: &str| Err((p.to_string(), r.to_string()));
-    match node.get("type") {
-        Some(toml::Value::String(ty)) => {
-            if !SCHEMA_TYPES.iter().any(|k| k.eq_ignore_ascii_case(ty)) {
-                return err(
-                    &format!("{path}.type"),
-                    &format!(
-                        "unknown type {ty:?}; expected one of {}",
-                        SCHEMA_TYPES.join(", ")
-                    ),
-                );
-            }
-        }
-        Some(_) => return err(&format!("{path}.type"), "type must be a string"),
-        None if node.contains_key("anyOf") => {}
-        None => return err(path, "missing type"),
-    }
-    let props = match node.get("properties") {
-        None => None,
-        Some(toml::Value::Table(props)) => {
-            for (name, p) in props {
-                let p_path = format!("{path}.properties.{name}");
-                match p {
-                    toml::Value::Table(t) => check_node(t, &p_path)?,
-                    _ => return err(&p_path, "a property must be a schema table"),
-                }
-            }
-            Some(props)
-        }
-        Some(_) => return err(&format!("{path}.properties"), "properties must be a table"),
-    };
-    match node.get("items") {
-        None => {}
-        Some(toml::Value::Table(t)) => check_node(t, &format!("{path}.items"))?,
-        Some(_) => return err(&format!("{path}.items"), "items must be a schema table"),
-    }
-    match node.get("required") {
-        None => {}
-        Some(toml::Value::Array(names)) => {
-            for n in names {
-                match n.as_str() {
-                    Some(n) if props.is_some_and(|p| p.contains_key(n)) => {}
-                    Some(n) => {
-                        return err(
-                            &format!("{path}.required"),
-                            &format!("{n:?} is not in properties"),
-                        )
-                    }
-                    None => return err(&format!("{path}.required"), "names must be strings"),
-                }
-            }
-        }
-        Some(_) => {
-            return err(
-                &format!("{path}.required"),
-                "required must be an array of names",
-            )
-        }
-    }
-    Ok(())
 }
 
 /// TOML to JSON, value for value. Datetimes become their TOML text; a non-finite float
@@ -670,7 +575,7 @@ struct RecordingInner {
 /// `ToolError::Transport("no scripted reply for tool …")`.
 ///
 /// ```
-/// # use callbridge::call::tools::*; use serde_json::json; use std::time::Duration;
+/// # use callbridge::call::webhook_tools::*; use serde_json::json; use std::time::Duration;
 /// let exec = RecordingExecutor::new()
 ///     .reply("lookup_order", json!({"status": "shipped"}))
 ///     .error("broken", ToolError::Status { status: 500, body: "oops".into() })
