@@ -120,24 +120,28 @@ impl TokenUsage {
                 &mut self.response,
             ),
         ] {
+            // The counts are the model's (any u64): sums saturate rather than overflow.
             let mut split = 0u64;
             for (modality, n) in details {
                 let m = modality.to_ascii_uppercase();
-                *map.entry(m.clone()).or_default() += n;
-                split += n;
+                let sum = map.entry(m.clone()).or_default();
+                *sum = sum.saturating_add(*n);
+                split = split.saturating_add(*n);
                 added.push((direction, m, *n));
             }
             let rest = count.saturating_sub(split);
             if rest > 0 {
-                *map.entry("UNSPECIFIED".into()).or_default() += rest;
+                let sum = map.entry("UNSPECIFIED".into()).or_default();
+                *sum = sum.saturating_add(rest);
                 added.push((direction, "UNSPECIFIED".into(), rest));
             }
         }
         if u.thoughts_token_count > 0 {
-            *self.response.entry("THOUGHTS".into()).or_default() += u.thoughts_token_count;
+            let sum = self.response.entry("THOUGHTS".into()).or_default();
+            *sum = sum.saturating_add(u.thoughts_token_count);
             added.push(("response", "THOUGHTS".into(), u.thoughts_token_count));
         }
-        self.total += u.total_token_count;
+        self.total = self.total.saturating_add(u.total_token_count);
         added
     }
 

@@ -160,7 +160,10 @@ impl Track {
                     return; // a duplicate or reordered frame
                 }
                 a.last_ts = timestamp_ms;
-                let by_ts = a.base + (timestamp_ms - a.first_ts) * PER_MS;
+                // Saturating: a peer-supplied timestamp (up to u64::MAX) must not overflow.
+                let by_ts = a
+                    .base
+                    .saturating_add((timestamp_ms - a.first_ts).saturating_mul(PER_MS));
                 if by_ts > now + self.ahead_cap {
                     // A jump far ahead of the wall clock: a new anchor, not minutes of silence.
                     a.first_ts = timestamp_ms;
