@@ -130,7 +130,7 @@ pub async fn serve(path: Option<&Path>) -> Result<(), RunError> {
             addr: addr.clone(),
             source,
         })?;
-    let control = crate::twilio::rest::control_from_config(&config);
+    let control = crate::call::control::control_from_config(&config);
     let (records, handles) = match records {
         Some((store, handles, writer)) => (Some((store, writer)), Some(handles)),
         None => (None, None),
@@ -169,7 +169,7 @@ pub fn spawn_with_store(
     listener: tokio::net::TcpListener,
     store: Option<StoreHandles>,
 ) -> Arc<AppState> {
-    let control = crate::twilio::rest::control_from_config(&config);
+    let control = crate::call::control::control_from_config(&config);
     let state = AppState::with_store(config, control, store);
     let st = state.clone();
     tokio::spawn(async move {

@@ -33,37 +33,7 @@ use crate::redact::{redact_destination, redact_number, redact_text};
 use crate::twilio::wire as twire;
 use crate::twilio::wire::CallerEvent;
 
-/// Carries out [`CallAction`]s through the telephony provider's API.
-pub trait CallControl: Send + Sync {
-    /// Ends the phone call (a call that already ended counts as success).
-    fn hang_up<'a>(
-        &'a self,
-        call_sid: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
-    /// Replaces the call's TwiML (this ends the current media stream).
-    fn update_twiml<'a>(
-        &'a self,
-        call_sid: &'a str,
-        twiml: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
-}
-
-/// What call actions need to build TwiML, from the configuration.
-#[derive(Debug, Clone, Default)]
-pub struct ControlSettings {
-    /// `wss://…/twilio/media`, for the continued stream after `send_dtmf`.
-    pub stream_url: Option<String>,
-    /// Public `https://…` base, for whisper URLs.
-    pub public_url: Option<String>,
-    /// Verbs after `</Connect>`.
-    pub fallback: String,
-    /// `<Dial callerId>`.
-    pub caller_id: String,
-    /// `<Dial timeout>`.
-    pub dial_timeout_secs: u32,
-    /// How long a parked call waits for its continued stream.
-    pub continuation_ttl: Duration,
-}
+pub use super::control::{CallControl, ControlSettings};
 
 /// A call whose stream ended after `send_dtmf`, waiting for the continued stream.
 pub struct Parked {

@@ -6,13 +6,9 @@
 //! are retried with bounded exponential backoff. Note that any update ends the current media
 //! stream: Twilio sends `stop` on the socket.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::call::driver::CallControl;
-use crate::config::{Config, Secret};
+use crate::secret::Secret;
 
 /// Twilio's "call is not in-progress" error: the call already ended.
 pub const CALL_NOT_IN_PROGRESS: u32 = 21220;
@@ -176,54 +172,6 @@ pub fn parse_error(status: u16, body: &str) -> RestError {
         code,
         message,
     }
-}
-
-impl CallControl for TwilioRest {
-    fn hang_up<'a>(
-        &'a self,
-        call_sid: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move {
-            TwilioRest::hang_up(self, call_sid)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn update_twiml<'a>(
-        &'a self,
-        call_sid: &'a str,
-        twiml: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move {
-            self.update_call(call_sid, &[("Twiml", twiml)])
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-/// The REST client when the account SID and auth token are configured.
-pub fn control_from_config(cfg: &Config) -> Option<Arc<dyn CallControl>> {
-    let t = &cfg.twilio;
-    if t.account_sid.is_empty() {
-        return None;
-    }
-    // An API key (SK…) with its secret is preferred over the account's auth token.
-    let (user, secret) = if !t.api_key_sid.is_empty() && !t.api_secret.is_empty() {
-        (t.api_key_sid.as_str(), t.api_secret.clone())
-    } else if !t.auth_token.is_empty() {
-        (t.account_sid.as_str(), t.auth_token.clone())
-    } else {
-        return None;
-    };
-    Some(Arc::new(TwilioRest::new(
-        &t.api_base,
-        &t.account_sid,
-        user,
-        secret,
-    )))
 }
 
 #[cfg(test)]
