@@ -2620,6 +2620,10 @@ impl Call {
 
     /// goAway handover: close the old connection with 1000 but keep reading it until its
     /// close handshake completes or the drain deadline (see [`HANDOVER_DRAIN_MAX`]).
+    /// Why: handles are opaque and each `sessionResumptionUpdate` supersedes the last
+    /// (gemini-live.md §7.6, from the proto and the Python types); that an update can still
+    /// arrive on the old connection after `goAway` is the measurement in issue 13 point 10,
+    /// not a documented guarantee (unverified against Google's docs).
     fn begin_closing(&mut self, now: Instant) {
         let drain = self.go_away_ends.take().map_or(HANDOVER_DRAIN_MAX, |end| {
             (end.saturating_duration_since(now) / 2).min(HANDOVER_DRAIN_MAX)
