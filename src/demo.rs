@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::call::driver::CallNote;
-use crate::call::machine::CallEvent;
+use crate::call::event::CallEvent;
 use crate::config::{Config, Secret, TransferDestination};
 use crate::sim::caller::{CallReport, Script, SimCaller, TimelineEvent};
 use crate::sim::gemini::{Clip, GeminiSim, Reply, Scenario, ToolCall, Turn};

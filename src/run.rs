@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::call::machine::CallSettings;
+use crate::call::settings::CallSettings;
 use crate::config::{Config, ConfigError};
 use crate::gemini::connect::Credential;
 use crate::gemini::preflight::{self, ModelHealth, PreflightOutcome, PreflightTarget};

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::call::driver::{self, CallContext, CallControl, CallNote, ControlSettings, ParkedCalls};
-use crate::call::machine::CallSettings;
+use crate::call::settings::CallSettings;
 use crate::call::webhook_tools::{HttpToolExecutor, ToolExecutor};
 use crate::config::Config;
 use crate::gemini::connect::Credential;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use callbridge::call::driver::CallNote;
-use callbridge::call::machine::CallEvent;
+use callbridge::call::event::CallEvent;
 use callbridge::sim::caller::{CallEnding, CallReport, Script, TimelineEvent};
 use callbridge::sim::gemini::{Clip, CloseRecord, Reply, Scenario};
 use common::*;

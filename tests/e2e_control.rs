@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use callbridge::call::driver::CallNote;
-use callbridge::call::machine::CallEvent;
+use callbridge::call::event::CallEvent;
 use callbridge::config::{Secret, TransferDestination, WebhookToolConfig};
 use callbridge::sim::caller::{CallEnding, CallReport, Script, TimelineEvent};
 use callbridge::sim::gemini::{Clip, ConnectionRecord, Reply, Scenario, ToolCall, Turn};

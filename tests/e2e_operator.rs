@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use callbridge::call::machine::OperatorCommand;
+use callbridge::call::event::OperatorCommand;
 use callbridge::config::TransferDestination;
 use callbridge::ops::journal::CallRecord;
 use callbridge::ops::CommandError;

@@ -73,7 +73,7 @@ async fn go_away_handovers(model: &'static str) {
     let mut gaps: Vec<u64> = notes
         .iter()
         .filter_map(|n| match n.event {
-            callbridge::call::machine::CallEvent::Reconnected { gap_ms, .. } => Some(gap_ms),
+            callbridge::call::event::CallEvent::Reconnected { gap_ms, .. } => Some(gap_ms),
             _ => None,
         })
         .collect();
@@ -154,7 +154,7 @@ async fn abrupt_drop_is_recovered_by_resuming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "timing-dependent: the simulator starts a handle's 1 ms expiry when it has processed the old \
             socket's end, which can come after the new setup under load; the refused-resume path is \
-            pinned by call::machine::tests::refused_resume_starts_a_fresh_session_with_history"]
+            pinned by tests/machine session::refused_resume_starts_a_fresh_session_with_history"]
 async fn refused_resume_starts_a_fresh_session_with_the_transcript() {
     let mut h = harness(
         |s| {

@@ -24,9 +24,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callbridge::call::machine::{
-    Call, CallAction, CallEvent, CallSettings, CallerOut, Input, ModelOut, Output,
-};
+use callbridge::call::event::{CallAction, CallEvent, CallerOut, Input, ModelOut, Output};
+use callbridge::call::machine::Call;
+use callbridge::call::settings::CallSettings;
 use callbridge::config::{Config, TransferDestination};
 use callbridge::gemini::wire::{FunctionCall, ModelEvent, UsageMetadata};
 use callbridge::twilio::wire::{CallerEvent, MediaFrame, StreamStart};

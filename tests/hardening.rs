@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use callbridge::call::machine::{Call, CallSettings, Input, ModelOut, Output};
+use callbridge::call::event::{Input, ModelOut, Output};
+use callbridge::call::machine::Call;
+use callbridge::call::settings::CallSettings;
 use callbridge::config::{Config, ConfigError};
 use callbridge::gemini::wire::{FunctionCall, ModelEvent};
 use callbridge::twilio::wire::{CallerEvent, StreamStart};
@@ -231,7 +233,7 @@ mod webhook_limits {
 mod admission {
     use std::time::Duration;
 
-    use callbridge::call::machine::{CallEnd, CallEvent};
+    use callbridge::call::event::{CallEnd, CallEvent};
     use callbridge::sim::caller::Script;
     use callbridge::sim::gemini::scenario::{Clip, Reply, Scenario};
     use futures_util::{SinkExt, StreamExt};

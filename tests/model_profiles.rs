@@ -4,16 +4,15 @@
 //! the sans-IO machine treats NON_BLOCKING tools (SILENT call control, acting only after all
 //! that the model said around the call was heard), background reasoning (`interactionStatus`),
 //! odd turn ends (filler + retry), context notes per profile and a reply cut by a fault.
-//! BLOCKING (2.5) machine behaviour is pinned by the unit tests in `src/call/machine.rs`.
+//! BLOCKING (2.5) machine behaviour is pinned by the tests in `tests/machine/`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callbridge::call::machine::{
-    Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut, Output,
-    FRAME_BYTES,
-};
+use callbridge::call::event::{CallAction, CallEnd, CallEvent, CallerOut, Input, ModelOut, Output};
+use callbridge::call::machine::{Call, FRAME_BYTES};
+use callbridge::call::settings::CallSettings;
 use callbridge::config::{Config, ToolScheduling, WebhookToolConfig};
 use callbridge::gemini::setup::setup_message;
 use callbridge::gemini::wire::{

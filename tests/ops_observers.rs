@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use callbridge::call::machine::CallEvent;
+use callbridge::call::event::CallEvent;
 use callbridge::config::Config;
 use callbridge::server::{app, AppState};
 use callbridge::sim::caller::{CallReport, Script, TimelineEvent};

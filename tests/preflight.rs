@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use callbridge::call::machine::CallSettings;
+use callbridge::call::settings::CallSettings;
 use callbridge::config::{Config, Secret};
 use callbridge::gemini::preflight::{check, ModelHealth, PreflightOutcome, PreflightTarget};
 use callbridge::server::{self, AppState};

@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use callbridge::call::machine::{CallEnd, CallEvent};
+use callbridge::call::event::{CallEnd, CallEvent};
 use callbridge::config::{Backend, Secret};
 use callbridge::gemini::auth::{AuthError, Source, TokenSource, METADATA_TOKEN_PATH, SCOPE};
 use callbridge::gemini::connect::{

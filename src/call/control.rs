@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::twilio::rest::TwilioRest;
 
-/// Carries out [`CallAction`](super::machine::CallAction)s through the telephony provider's API.
+/// Carries out [`CallAction`](super::event::CallAction)s through the telephony provider's API.
 pub trait CallControl: Send + Sync {
     /// Ends the phone call (a call that already ended counts as success).
     fn hang_up<'a>(

@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::admission::{CallSlot, PendingSlot};
-use super::machine::{
-    Call, CallAction, CallEnd, CallEvent, CallSettings, CallerOut, Input, ModelOut,
-    OperatorCommand, Output,
+use super::event::{
+    CallAction, CallEnd, CallEvent, CallerOut, Input, ModelOut, OperatorCommand, Output,
 };
+use super::machine::Call;
+use super::settings::CallSettings;
 use super::webhook_tools::{ToolCallContext, ToolExecutor};
 use crate::config::WebhookToolConfig;
 use crate::gemini::connect::{self, ConnectError, Credential, ModelSocket};

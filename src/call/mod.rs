@@ -3,6 +3,10 @@
 pub mod admission;
 pub mod control;
 pub mod driver;
+pub mod event;
+pub mod inbound;
 pub mod machine;
+pub mod playout;
 pub mod prompts;
+pub mod settings;
 pub mod webhook_tools;

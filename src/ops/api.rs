@@ -44,7 +44,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::journal::CallRecord;
 use super::{CallSource, CommandError};
-use crate::call::machine::OperatorCommand;
+use crate::call::event::OperatorCommand;
 use crate::redact::redact_text;
 use crate::server::{AppState, CallOrigin};
 use crate::twilio::signature::constant_time_eq;

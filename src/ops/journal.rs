@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{CallId, CallObserver, CallSource};
-use crate::call::machine::{CallEnd, CallEvent};
+use crate::call::event::{CallEnd, CallEvent};
 use crate::config::{Config, PricingConfig};
 use crate::gemini::wire::UsageMetadata;
 use crate::redact::{redact_destination, redact_number, redact_text};

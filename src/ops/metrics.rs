@@ -27,7 +27,8 @@ use prometheus_client::registry::Registry;
 
 use super::journal::TokenUsage;
 use super::{CallId, CallObserver, CallSource};
-use crate::call::machine::{CallEvent, CallSettings};
+use crate::call::event::CallEvent;
+use crate::call::settings::CallSettings;
 use crate::config::{Config, PricingConfig};
 use crate::gemini::preflight::{ModelHealth, PreflightOutcome};
 use crate::stats::{BridgeStats, HistogramSnapshot};
@@ -586,7 +587,7 @@ impl Collector for StatsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::machine::CallEnd;
+    use crate::call::event::CallEnd;
     use crate::config::WebhookToolConfig;
     use crate::gemini::wire::UsageMetadata;
     use std::collections::BTreeMap;

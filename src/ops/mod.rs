@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::call::machine::{CallEvent, OperatorCommand};
+use crate::call::event::{CallEvent, OperatorCommand};
 
 pub mod api;
 pub mod journal;

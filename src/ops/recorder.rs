@@ -37,7 +37,7 @@ use dashmap::DashMap;
 use super::journal::Journal;
 use super::{CallId, CallObserver, CallSource};
 use crate::audio::g711::ulaw_decode;
-use crate::call::machine::CallEvent;
+use crate::call::event::CallEvent;
 use crate::config::Config;
 
 /// Samples per second (both channels).
@@ -910,7 +910,7 @@ mod tests {
         r.event(
             &gone,
             SystemTime::now(),
-            &CallEvent::Ended(crate::call::machine::CallEnd::CallerHungUp),
+            &CallEvent::Ended(crate::call::event::CallEnd::CallerHungUp),
         );
         assert!(r.sync(Duration::from_secs(10)));
         assert!(!r.path(&gone).exists());

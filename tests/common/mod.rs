@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callbridge::call::driver::CallNote;
-use callbridge::call::machine::CallEvent;
+use callbridge::call::event::CallEvent;
 use callbridge::config::{Config, Secret};
 use callbridge::server::AppState;
 use callbridge::sim::caller::SimCallerBuilder;
