@@ -145,6 +145,43 @@ fn handover_drain_deadline_is_bounded_by_half_the_time_left() {
 }
 
 #[test]
+fn a_handover_at_the_announced_end_closes_at_once_and_leaves_no_due_timer() {
+    // Found by fuzz_call_machine: a handover that starts at (or after) the end the goAway
+    // announced had a drain of zero, so a timer was already due after the tick.
+    let t0 = Instant::now();
+    let mut call = live_with(settings_with(|_| {}), t0);
+    call.handle_input(handle("h1"), t0);
+    // The caller is speaking: no quiet moment, the handover waits for its deadline.
+    call.handle_input(Input::Caller(loud_media(1)), t0);
+    call.handle_input(
+        Input::Model(ModelEvent::GoAway {
+            time_left: Some(Duration::from_secs(1)),
+        }),
+        t0,
+    );
+    assert!(!drain(&mut call)
+        .iter()
+        .any(|o| matches!(o, Output::DrainModel | Output::CloseModel)));
+    // The driver wakes late, at the announced end itself.
+    let end = t0 + Duration::from_secs(1);
+    call.handle_input(Input::Tick, end);
+    let outs = drain(&mut call);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::DrainModel)),
+        "{outs:?}"
+    );
+    let close = outs.iter().position(|o| matches!(o, Output::CloseModel));
+    let connect = outs.iter().position(|o| matches!(o, Output::ConnectModel));
+    assert!(
+        matches!((close, connect), (Some(a), Some(b)) if a < b),
+        "{outs:?}"
+    );
+    assert!(call.poll_timeout().is_some_and(|t| t > end));
+    call.handle_input(Input::ModelConnected, end);
+    assert_eq!(setup_handle(&drain(&mut call)[0]), Some(Some("h1")));
+}
+
+#[test]
 fn handover_drain_plays_the_old_connections_last_audio_and_defers_tool_results() {
     let t0 = Instant::now();
     let ms = Duration::from_millis;

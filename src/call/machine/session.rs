@@ -303,6 +303,15 @@ impl Call {
             since: now,
             until: now + drain,
         });
+        if drain.is_zero() {
+            // The handover comes at or after the end the server announced: there is nothing
+            // left to drain, so the old connection is closed and replaced at once (a drain
+            // deadline of `now` would leave a timer already due after this tick).
+            tracing::debug!("goAway handover at the announced end; closing without a drain");
+            self.outputs.push_back(Output::CloseModel);
+            self.finish_closing(now);
+            return;
+        }
         self.outputs.push_back(Output::DrainModel);
     }
 
